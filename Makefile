@@ -1,0 +1,35 @@
+# apiservice-operator. `make help` lists the targets.
+PYTHON ?= python3
+KUBECONFIG_LOCAL = $(shell cat $${XDG_STATE_HOME:-$$HOME/.local/state}/apiservice-operator/cluster/ready 2>/dev/null)
+
+.PHONY: help install kube-binaries test test-unit check cluster-up cluster-down clean
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+install: ## install the package and its dev tools (editable)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e '.[dev]'
+
+kube-binaries: ## build or reuse kube-apiserver, kubectl and etcd (cached under ~/.cache/apiservice-operator)
+	hack/build-kube.sh
+
+test: install kube-binaries ## all tests: unit, and integration against the local control plane
+	hack/netns-run $(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-unit: ## the pure core's tests only, no cluster
+	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
+
+check: ## lint (ruff) and types (mypy)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
+	$(PYTHON) -m mypy tests
+
+cluster-up: kube-binaries ## start the local control plane in the background; prints its kubeconfig
+	@hack/cluster.sh up
+
+cluster-down: ## stop the local control plane
+	@hack/cluster.sh down
+
+clean: ## remove build and test leftovers (not the binary cache)
+	rm -rf build dist *.egg-info operator/*.egg-info .pytest_cache .mypy_cache .ruff_cache

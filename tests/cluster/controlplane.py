@@ -1,0 +1,280 @@
+"""etcd and kube-apiserver as local processes: the real Kubernetes API our tests run against.
+
+The flags and addresses are DESIGN.md 6a's verified recipe. Runs inside a network namespace made by
+hack/netns-run (tests) or hack/cluster.sh (make cluster-up), where 10.250.0.x are local addresses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.cluster import pki
+
+REPO = Path(__file__).resolve().parents[2]
+KUBE_VERSION = os.environ.get("KUBE_VERSION", "v1.37.2")
+ADVERTISE_ADDRESS = "10.250.0.1"
+SERVICE_CIDR = "10.0.0.0/24"
+FIRST_SERVICE_IP = "10.0.0.1"
+
+
+def ensure_binaries() -> Path:
+    """The cached kube-apiserver/kubectl/etcd, built from Go modules on first use (~5-7 min)."""
+    explicit = os.environ.get("KUBE_BIN_DIR")
+    if explicit:
+        return Path(explicit)
+    script = REPO / "hack" / "build-kube.sh"
+    result = subprocess.run(
+        [str(script)], stdout=subprocess.PIPE, stderr=sys.stderr, text=True, check=True,
+        env={**os.environ, "KUBE_VERSION": KUBE_VERSION},
+    )
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ControlPlaneError(RuntimeError):
+    pass
+
+
+@dataclass
+class _Proc:
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        # its own process group, so teardown also reaches anything it forks
+        self.popen = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log.close()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        self.popen = None
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+
+@dataclass
+class ControlPlane:
+    """One etcd + one kube-apiserver. `start()` blocks until /readyz answers ok."""
+
+    workdir: Path
+    bin_dir: Path
+    port: int = 0
+    etcd_port: int = 0
+    bind_address: str = "0.0.0.0"
+    extra_sans: tuple[str, ...] = ()
+    ready_timeout: float = 120.0
+    kubeconfig: Path = field(init=False)
+    ca_path: Path = field(init=False)
+    _etcd: _Proc = field(init=False)
+    _apiserver: _Proc = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.etcd_port = self.etcd_port or free_port()
+        self.kubeconfig = self.workdir / "admin.kubeconfig"
+        self.ca_path = self.workdir / "pki" / "ca.crt"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def kubectl_path(self) -> Path:
+        return self.bin_dir / "kubectl"
+
+    # --- certificates ---------------------------------------------------------------------------
+    def _make_pki(self) -> dict[str, Path]:
+        d = self.workdir / "pki"
+        d.mkdir(exist_ok=True)
+        ca = pki.make_ca("apiservice-operator-test-ca")
+        ca.write(d, "ca")
+        serving = pki.issue(
+            ca, "kube-apiserver",
+            dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                       "kubernetes.default.svc.cluster.local"),
+            ip_addresses=("127.0.0.1", ADVERTISE_ADDRESS, FIRST_SERVICE_IP, *self.extra_sans),
+            server=True,
+        )
+        admin = pki.issue(ca, "admin", organization="system:masters", client=True)
+        front_ca = pki.make_ca("apiservice-operator-front-proxy-ca")
+        front_client = pki.issue(front_ca, "front-proxy-client", client=True)
+        paths: dict[str, Path] = {"ca": d / "ca.crt", "front_ca": d / "front-proxy-ca.crt"}
+        front_ca.write(d, "front-proxy-ca")
+        paths["serving_crt"], paths["serving_key"] = serving.write(d, "apiserver")
+        paths["admin_crt"], paths["admin_key"] = admin.write(d, "admin")
+        paths["front_crt"], paths["front_key"] = front_client.write(d, "front-proxy-client")
+        paths["sa_key"], paths["sa_pub"] = pki.make_service_account_keys(d)
+        return paths
+
+    def write_kubeconfig(self, path: Path, server: str) -> Path:
+        d = self.workdir / "pki"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": str(d / "ca.crt")}}],
+            "users": [{"name": "admin", "user": {
+                "client-certificate": str(d / "admin.crt"), "client-key": str(d / "admin.key")}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "admin"}}],
+            "current-context": "local",
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> ControlPlane:
+        paths = self._make_pki()
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        etcd_data = self.workdir / "etcd"
+        etcd_url = f"http://127.0.0.1:{self.etcd_port}"
+        self._etcd = _Proc("etcd", [
+            str(self.bin_dir / "etcd"),
+            f"--data-dir={etcd_data}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls=http://127.0.0.1:{free_port()}",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ], logs / "etcd.log")
+        self._apiserver = _Proc("kube-apiserver", [
+            str(self.bin_dir / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            f"--secure-port={self.port}",
+            f"--bind-address={self.bind_address}",
+            f"--advertise-address={ADVERTISE_ADDRESS}",
+            f"--tls-cert-file={paths['serving_crt']}",
+            f"--tls-private-key-file={paths['serving_key']}",
+            f"--client-ca-file={paths['ca']}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={paths['sa_pub']}",
+            f"--service-account-signing-key-file={paths['sa_key']}",
+            "--authorization-mode=RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--disable-admission-plugins=ServiceAccount",
+            "--enable-aggregator-routing=true",
+            f"--requestheader-client-ca-file={paths['front_ca']}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={paths['front_crt']}",
+            f"--proxy-client-key-file={paths['front_key']}",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            "--v=1",
+        ], logs / "kube-apiserver.log")
+        self.write_kubeconfig(self.kubeconfig, self.server)
+        try:
+            self._etcd.start()
+            self._apiserver.start()
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or self.ready_timeout)
+        context = self.ssl_context()
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            for proc in (self._etcd, self._apiserver):
+                if not proc.alive():
+                    raise ControlPlaneError(f"{proc.name} exited early\n{self.logs()}")
+            try:
+                import http.client
+
+                conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=context, timeout=5)
+                conn.request("GET", "/readyz")
+                resp = conn.getresponse()
+                body = resp.read().decode(errors="replace")
+                conn.close()
+                if resp.status == 200:
+                    return
+                last = f"HTTP {resp.status}: {body[-400:]}"
+            except OSError as exc:
+                last = repr(exc)
+            time.sleep(0.25)
+        waited = timeout or self.ready_timeout
+        raise ControlPlaneError(f"kube-apiserver not ready after {waited}s: {last}\n{self.logs()}")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        d = self.workdir / "pki"
+        context = ssl.create_default_context(cafile=str(d / "ca.crt"))
+        context.load_cert_chain(str(d / "admin.crt"), str(d / "admin.key"))
+        return context
+
+    def restart_apiserver(self) -> None:
+        self._apiserver.stop()
+        self._apiserver.start()
+        self.wait_ready()
+
+    def restart_etcd(self) -> None:
+        self._etcd.stop()
+        self._etcd.start()
+        self.wait_ready()
+
+    def stop(self) -> None:
+        for proc in (getattr(self, "_apiserver", None), getattr(self, "_etcd", None)):
+            if proc is not None:
+                proc.stop()
+
+    def logs(self, lines: int = 60) -> str:
+        parts = []
+        for proc in (getattr(self, "_etcd", None), getattr(self, "_apiserver", None)):
+            if proc is not None:
+                parts.append(f"----- {proc.name} (last {lines} lines) -----\n{proc.tail(lines)}")
+        return "\n".join(parts)
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,
+                kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.kubectl_path), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
+            input=stdin, capture_output=True, text=True, timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def cleanup_workdir(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""Fixtures: a session-wide real control plane, a fresh namespace per test, aggregated test servers."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import pki
+from tests.cluster.controlplane import ControlPlane, ensure_binaries
+from tests.cluster.harness import AggregatedAPI
+from tests.cluster.kube import Kube
+
+
+def _in_test_netns() -> bool:
+    """hack/netns-run makes 10.250.0.x local; without it EndpointSlices cannot point at our servers."""
+    try:
+        with socket.socket() as s:
+            s.bind(("10.250.0.1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _in_test_netns():
+        return
+    reason = "needs the local control plane's network namespace: run `make test` (hack/netns-run)"
+    for item in items:
+        if "cluster" in item.keywords:
+            if os.environ.get("CI") == "true":
+                item.add_marker(pytest.mark.xfail(reason=reason, run=False, strict=True))
+            else:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    workdir = Path(tempfile.mkdtemp(prefix="apiservice-operator-cp-"))
+    cp = ControlPlane(workdir=workdir, bin_dir=ensure_binaries())
+    cp.start()
+    failed_before = request.session.testsfailed
+    try:
+        yield cp
+    finally:
+        if request.session.testsfailed > failed_before:
+            print(f"\n===== control plane logs (tests failed) =====\n{cp.logs(200)}")
+        cp.stop()
+        if not request.session.testsfailed:
+            cp.cleanup_workdir()
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> Iterator[Kube]:
+    client = Kube(control_plane.server, control_plane.ssl_context())
+    yield client
+    client.close()
+
+
+_ns_counter = itertools.count(1)
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> str:
+    # No controller-manager: namespaces never finish terminating, so each test gets a new one
+    # and never waits on deletion.
+    name = f"t{next(_ns_counter)}-{uuid.uuid4().hex[:6]}"
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    return name
+
+
+@pytest.fixture(scope="session")
+def test_ca() -> pki.KeyPair:
+    return pki.make_ca("aggregated-test-ca")
+
+
+@pytest.fixture
+def aggregated_api(
+    kube: Kube, namespace: str, test_ca: pki.KeyPair, tmp_path: Path
+) -> Iterator[Callable[..., AggregatedAPI]]:
+    """Factory: aggregated_api(servers=1) -> an unregistered AggregatedAPI with running servers."""
+    made: list[AggregatedAPI] = []
+
+    def make(servers: int = 1, *, service: str = "api", serving_ca: pki.KeyPair | None = None) -> AggregatedAPI:
+        group = f"{namespace}-{len(made)}.test.example.com"
+        api = AggregatedAPI(kube, namespace, service, group, "v1", tmp_path, test_ca)
+        made.append(api)
+        if servers:
+            api.start_servers(servers, serving_ca=serving_ca)
+        return api
+
+    yield make
+    for api in made:
+        api.remove()
