@@ -2,7 +2,7 @@
 PYTHON ?= python3
 KUBECONFIG_LOCAL = $(shell cat $${XDG_STATE_HOME:-$$HOME/.local/state}/apiservice-operator/cluster/ready 2>/dev/null)
 
-.PHONY: help install kube-binaries test test-unit check cluster-up cluster-down clean
+.PHONY: help install kube-binaries demo test test-unit check cluster-up cluster-down clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -13,6 +13,9 @@ install: ## install the package and its dev tools (editable)
 
 kube-binaries: ## build or reuse kube-apiserver, kubectl and etcd (cached under ~/.cache/apiservice-operator)
 	hack/build-kube.sh
+
+demo: install ## the local control plane, five sample aggregated APIs, the operator and its table; Ctrl-C ends it
+	@hack/demo.sh
 
 test: install kube-binaries ## all tests: unit, and integration against the local control plane
 	hack/netns-run $(PYTHON) -m pytest $(PYTEST_ARGS)

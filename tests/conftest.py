@@ -16,6 +16,7 @@ from tests.cluster import pki
 from tests.cluster.controlplane import ControlPlane, ensure_binaries
 from tests.cluster.harness import AggregatedAPI
 from tests.cluster.kube import Kube
+from tests.cluster.operator import OperatorProcess, install_manifests, service_account_kubeconfig
 
 
 def _in_test_netns() -> bool:
@@ -98,3 +99,29 @@ def aggregated_api(
     yield make
     for api in made:
         api.remove()
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    install_manifests(control_plane)
+    return service_account_kubeconfig(control_plane, tmp_path_factory.mktemp("operator") / "sa.kubeconfig")
+
+
+# Short interval so periodic re-probes show up within a test; the budget stays the real 5 s.
+OPERATOR_ARGS = ["--probe-interval", "2", "--log-level", "DEBUG"]
+
+
+@pytest.fixture(scope="session")
+def operator(
+    operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[OperatorProcess]:
+    """One operator for the session, running as its own ServiceAccount."""
+    proc = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", OPERATOR_ARGS)
+    proc.start()
+    failed_before = request.session.testsfailed
+    try:
+        yield proc
+    finally:
+        code = proc.stop()
+        if request.session.testsfailed > failed_before or code not in (0, None):
+            print(f"\n===== operator log (exit {code}) =====\n{proc.logs()[-20000:]}")

@@ -122,6 +122,15 @@ class ControlPlane:
     def kubectl_path(self) -> Path:
         return self.bin_dir / "kubectl"
 
+    @classmethod
+    def attach(cls, state: Path) -> ControlPlane:
+        """The control plane `make cluster-up` started (python -m tests.cluster serve), from inside
+        its namespace; stopping it stays with cluster-down."""
+        bin_dir = Path((state / "bin-dir").read_text().strip())
+        server = yaml.safe_load((state / "admin.kubeconfig").read_text())["clusters"][0]["cluster"]["server"]
+        cp = cls(workdir=state, bin_dir=bin_dir, port=int(server.rsplit(":", 1)[1]))
+        return cp
+
     # --- certificates ---------------------------------------------------------------------------
     def _make_pki(self) -> dict[str, Path]:
         d = self.workdir / "pki"

@@ -1,0 +1,186 @@
+"""The probe loop: takes due APIServices from the queue, resolves, probes, decides, writes.
+
+Resolution is immediate and needs no probe slot, so a decision such as MissingEndpoints is never
+held up behind slow probes (kube-aggregator's 5 workers are: DESIGN 6b). Probes run under a
+semaphore of --concurrency; a change to an APIService cancels its probe in flight and starts over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from apiservice_operator.decide import changed, decide, our_conditions
+from apiservice_operator.kubeapi import WriteForbidden
+from apiservice_operator.model import Condition, Obj, ProbeResult, Resolution
+from apiservice_operator.resolve import resolve
+from apiservice_operator.schedule import ProbeQueue
+from apiservice_operator.settings import Settings
+
+log = logging.getLogger("apiservice_operator")
+
+Writer = Callable[[str, Sequence[Condition]], Awaitable[bool]]
+ProbeFn = Callable[..., Awaitable[list[ProbeResult]]]
+
+
+class Inputs(Protocol):
+    """What the watches know (kopf indexes in production, dicts in tests)."""
+
+    def apiservice(self, name: str) -> Obj | None: ...
+    def service(self, namespace: str, name: str) -> Obj | None: ...
+    def slices(self, namespace: str, name: str) -> list[Obj]: ...
+    def apiservice_names(self) -> Iterable[str]: ...
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Stats:
+    checks: int = 0
+    probes: int = 0
+    writes: int = 0
+    write_errors: int = 0
+    transitions: int = 0
+    last_sweep_done: float | None = None
+
+
+@dataclass
+class Controller:
+    settings: Settings
+    inputs: Inputs
+    probe: ProbeFn
+    write: Writer
+    now: Callable[[], str] = utc_now
+    stats: Stats = field(default_factory=Stats)
+    problems: dict[str, str] = field(default_factory=dict)  # what keeps us from working, for /readyz
+
+    def __post_init__(self) -> None:
+        self.queue = ProbeQueue(lambda: asyncio.get_running_loop().time())
+        self._probe_slots = asyncio.Semaphore(self.settings.concurrency)
+        self._write_slots = asyncio.Semaphore(16)
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        # what we wrote last, and the resourceVersion we saw then: until the watch brings a newer
+        # object, the index still shows the old status and must not cause a second identical write
+        self._written: dict[str, tuple[tuple[Condition, ...], str]] = {}
+
+    # --- triggers -------------------------------------------------------------------------------
+    def changed_now(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.queue.schedule(name, self.settings.debounce, urgent=True)
+
+    def forget(self, name: str) -> None:
+        self.queue.forget(name)
+        self._written.pop(name, None)
+        task = self._inflight.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    def _next_periodic(self, name: str) -> None:
+        interval = self.settings.probe_interval
+        self.queue.schedule(name, interval * (1 - 0.1 * random.random()), urgent=False)
+
+    # --- the loop -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            while True:
+                for name, urgent in await self.queue.take():
+                    self._start(name, urgent)
+        finally:
+            tasks = list(self._inflight.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _start(self, name: str, urgent: bool) -> None:
+        running = self._inflight.get(name)
+        if running is not None:
+            if not urgent:
+                return  # a periodic re-check while a check runs adds nothing
+            running.cancel()
+        self._inflight[name] = asyncio.create_task(self._check_and_reschedule(name), name=f"check:{name}")
+
+    async def _check_and_reschedule(self, name: str) -> None:
+        me = asyncio.current_task()
+        try:
+            await self.check(name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("check failed name=%s", name)
+            self.queue.schedule(name, 1.0, urgent=True)
+        finally:
+            if self._inflight.get(name) is me:
+                del self._inflight[name]
+                if self.inputs.apiservice(name) is not None:
+                    self._next_periodic(name)
+
+    async def check(self, name: str) -> None:
+        apiservice = self.inputs.apiservice(name)
+        if apiservice is None:
+            self.forget(name)
+            return
+        self.stats.checks += 1
+        ref = (apiservice.get("spec") or {}).get("service") or {}
+        namespace, service_name = ref.get("namespace") or "", ref.get("name") or ""
+        service = self.inputs.service(namespace, service_name) if ref else None
+        slices = self.inputs.slices(namespace, service_name) if ref else []
+        resolution = resolve(apiservice, service, slices)
+        probes: list[ProbeResult] = []
+        if resolution.plan is not None:
+            async with self._probe_slots:
+                self.stats.probes += 1
+                probes = await self.probe(resolution.plan)
+            apiservice = self.inputs.apiservice(name)  # fresher previous conditions after the wait
+            if apiservice is None:
+                return
+        await self._settle(name, apiservice, resolution, probes)
+
+    async def _settle(self, name: str, apiservice: Obj, resolution: Resolution, probes: list[ProbeResult]) -> None:
+        types = self.settings.types
+        previous = our_conditions(apiservice.get("status"), types)
+        rv = str((apiservice.get("metadata") or {}).get("resourceVersion", ""))
+        written = self._written.get(name)
+        if written is not None and written[1] == rv:
+            previous = list(written[0])
+        new = decide(resolution, probes, previous, self.now(), types, self.settings.probe_timeout)
+        if not changed(new, previous):
+            return
+        before = {c.type: c for c in previous}
+        async with self._write_slots:
+            try:
+                exists = await self.write(name, new)
+            except WriteForbidden as exc:
+                self.problems["write"] = str(exc)
+                log.error("%s", exc)
+                self.stats.write_errors += 1
+                raise
+            except Exception as exc:
+                self.stats.write_errors += 1
+                log.warning("status write failed name=%s error=%s", name, exc)
+                raise
+        self.problems.pop("write", None)
+        if not exists:
+            self.forget(name)
+            return
+        self.stats.writes += 1
+        self._written[name] = (tuple(new), rv)
+        for cond in new:
+            prior = before.get(cond.type)
+            if prior is None or prior.status != cond.status or prior.reason != cond.reason:
+                self.stats.transitions += 1
+                log.info(
+                    "transition name=%s type=%s status=%s reason=%s previous=%s message=%r",
+                    name, cond.type, cond.status, cond.reason,
+                    f"{prior.status}/{prior.reason}" if prior else "none", cond.message)
+
+    def schedule_all(self) -> None:
+        for name in self.inputs.apiservice_names():
+            if name not in self.queue and name not in self._inflight:
+                self.queue.schedule(name, self.settings.debounce, urgent=True)

@@ -1,0 +1,126 @@
+"""decide: resolution + probe results + our previous conditions -> our new conditions. Pure.
+
+`lastTransitionTime` moves only when `status` flips (kube-aggregator's SetAPIServiceCondition).
+Messages carry no raw timings, only coarse buckets: a message that changed on every probe would
+make every probe a status write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from apiservice_operator.model import (
+    Condition,
+    ConditionTypes,
+    ErrorKind,
+    ProbePlan,
+    ProbeResult,
+    Resolution,
+    Status,
+    Verdict,
+)
+
+MAX_ENDPOINTS_IN_MESSAGE = 10
+# Coarse on purpose: a connection's first probe (TCP + TLS handshake) and the next ones, over the
+# kept-alive connection, must land in the same bucket or steady state would cost a write.
+_LATENCY_BUCKETS = ((1.0, "<1s"), (2.5, "<2.5s"), (5.0, "<5s"))
+
+
+def latency_bucket(seconds: float) -> str:
+    for limit, label in _LATENCY_BUCKETS:
+        if seconds < limit:
+            return label
+    return ">=5s"
+
+
+def _list_failures(failures: Sequence[ProbeResult]) -> str:
+    shown = [f.describe() for f in sorted(failures, key=lambda f: f.target.endpoint)[:MAX_ENDPOINTS_IN_MESSAGE]]
+    more = len(failures) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def _unauthorized_message(plan: ProbePlan, failures: Sequence[ProbeResult]) -> str:
+    if plan.insecure_skip_tls_verify:
+        hint = ("the APIService sets insecureSkipTLSVerify, so the operator sends no credentials; set "
+                "spec.caBundle so its ServiceAccount token can be sent over verified TLS")
+    else:
+        hint = (f"grant the operator's ServiceAccount `get` on the non-resource URL {plan.path} in the "
+                "aggregated server's authorizer (kube-apiserver's system:discovery ClusterRole does this "
+                "where the server delegates authorization)")
+    return f"the aggregated server refused the operator's probe: {_list_failures(failures)}; {hint}"
+
+
+def _conclude(resolution: Resolution, probes: Sequence[ProbeResult], budget: float) -> tuple[Verdict, Verdict]:
+    """(available, degraded) before transition times are applied."""
+    if resolution.verdict is not None:
+        verdict = resolution.verdict
+        if verdict.status is Status.TRUE:
+            return verdict, Verdict(Status.FALSE, verdict.reason, "not probed: " + verdict.message)
+        return verdict, Verdict(Status.FALSE, "Unavailable", f"not available: {verdict.reason}")
+
+    plan = resolution.plan
+    assert plan is not None, "a resolution has either a verdict or a plan"
+    total = len(plan.targets)
+    passed = [p for p in probes if p.ok]
+    failed = [p for p in probes if not p.ok]
+    # a target without a result (it should not happen) counts as failed, never as passed
+    missing = total - len(probes)
+
+    if passed:
+        slowest = max(passed, key=lambda p: p.latency)
+        available = Verdict(
+            Status.TRUE, "Passed",
+            f"discovery passed on {len(passed)}/{total} endpoints in {latency_bucket(slowest.latency)}")
+        if failed or missing:
+            degraded = Verdict(
+                Status.TRUE, "PartialFailure",
+                f"{len(failed) + missing}/{total} endpoints failed discovery: {_list_failures(failed)}")
+        elif slowest.latency > budget / 2:
+            degraded = Verdict(
+                Status.TRUE, "SlowDiscovery",
+                f"{slowest.target.endpoint} answered discovery in {latency_bucket(slowest.latency)}, "
+                f"more than half of the {budget:g}s budget")
+        else:
+            degraded = Verdict(Status.FALSE, "AsExpected", f"all {total} endpoints answered within half the budget")
+        return available, degraded
+
+    if any(p.error is ErrorKind.UNAUTHORIZED for p in failed):
+        available = Verdict(Status.UNKNOWN, "ProbeUnauthorized", _unauthorized_message(plan, failed))
+        return available, Verdict(Status.UNKNOWN, "ProbeUnauthorized", "cannot tell: the probe was refused")
+
+    available = Verdict(
+        Status.FALSE, "FailedDiscoveryCheck",
+        f"failing or missing response from {total - len(passed)}/{total} endpoints: {_list_failures(failed)}")
+    return available, Verdict(Status.FALSE, "Unavailable", "not available: FailedDiscoveryCheck")
+
+
+def decide(
+    resolution: Resolution,
+    probes: Sequence[ProbeResult],
+    previous: Sequence[Condition],
+    now: str,
+    types: ConditionTypes,
+    budget: float,
+) -> tuple[Condition, Condition]:
+    """Our (Available, Degraded) conditions. `now` is RFC 3339; time is never read here."""
+    available, degraded = _conclude(resolution, probes, budget)
+    before = {c.type: c for c in previous}
+
+    def build(ctype: str, verdict: Verdict) -> Condition:
+        prior = before.get(ctype)
+        since = prior.last_transition_time if prior and prior.status == verdict.status else now
+        return Condition(ctype, verdict.status, verdict.reason, verdict.message, since)
+
+    return build(types.available, available), build(types.degraded, degraded)
+
+
+def changed(new: Sequence[Condition], previous: Sequence[Condition]) -> bool:
+    """True when a write is needed: any of our conditions differs in status, reason or message."""
+    before = {c.type: c for c in previous}
+    return any(c.type not in before or not c.same_state(before[c.type]) for c in new)
+
+
+def our_conditions(apiservice_status: dict[str, object] | None, types: ConditionTypes) -> list[Condition]:
+    conditions = (apiservice_status or {}).get("conditions") or []
+    assert isinstance(conditions, list)
+    return [Condition.from_api(c) for c in conditions if isinstance(c, dict) and c.get("type") in types.all]

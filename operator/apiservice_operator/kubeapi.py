@@ -1,0 +1,109 @@
+"""Our own API access: credentials (shared with kopf through on.login) and the status writer.
+
+kubernetes_asyncio loads any kubeconfig (exec plugins, OIDC, in-cluster bound tokens that
+rotate); kopf's built-in kubeconfig reader handles only static credentials. One Configuration
+feeds kopf's watches, our server-side-apply writes and the probe's bearer token.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from apiservice_operator.model import Condition
+
+FIELD_MANAGER = "apiservice-operator"
+GROUP, VERSION, PLURAL = "apiregistration.k8s.io", "v1", "apiservices"
+
+log = logging.getLogger(__name__)
+
+
+class Credentials:
+    """Loads the client configuration once per (re-)login and keeps the probe token fresh."""
+
+    def __init__(self, kubeconfig: str | None) -> None:
+        self.kubeconfig = kubeconfig
+        self.configuration: client.Configuration | None = None
+        self.api: client.ApiClient | None = None
+        self.token: str | None = None
+
+    async def load(self) -> client.Configuration:
+        configuration = client.Configuration()
+        if self.kubeconfig:
+            await config.load_kube_config(config_file=self.kubeconfig, client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        old, self.api = self.api, client.ApiClient(configuration)
+        self.configuration = configuration
+        if old is not None:
+            await old.close()
+        await self.refresh_token()
+        return configuration
+
+    async def refresh_token(self) -> str | None:
+        if self.configuration is None:
+            return None
+        value = await self.configuration.get_api_key_with_prefix("BearerToken")
+        if value and value.lower().startswith("bearer "):
+            value = value[7:]
+        self.token = value or None
+        return self.token
+
+    def current_token(self) -> str | None:
+        return self.token
+
+    async def connection_info(self) -> kopf.ConnectionInfo:
+        configuration = await self.load()
+        return kopf.ConnectionInfo(
+            server=str(configuration.host),
+            ca_path=configuration.ssl_ca_cert or None,
+            insecure=not configuration.verify_ssl,
+            certificate_path=configuration.cert_file or None,
+            private_key_path=configuration.key_file or None,
+            scheme="Bearer" if self.token else None,
+            token=self.token,
+        )
+
+    async def close(self) -> None:
+        if self.api is not None:
+            await self.api.close()
+            self.api = None
+
+
+def status_body(name: str, conditions: Sequence[Condition]) -> dict[str, Any]:
+    """Only our condition types: server-side apply then leaves kube-apiserver's `Available` alone
+    (status.conditions is a map keyed by `type`)."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "APIService", "metadata": {"name": name},
+        "status": {"conditions": [c.to_api() for c in conditions]},
+    }
+
+
+class WriteForbidden(RuntimeError):
+    pass
+
+
+async def write_conditions(credentials: Credentials, name: str, conditions: Sequence[Condition]) -> bool:
+    """Server-side apply on apiservices/<name>/status. False when the APIService is gone."""
+    if credentials.api is None:
+        raise RuntimeError("not logged in")
+    api = client.CustomObjectsApi(credentials.api)
+    try:
+        await api.patch_cluster_custom_object_status(
+            GROUP, VERSION, PLURAL, name, status_body(name, conditions),
+            field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml",  # type: ignore[call-arg]
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        if exc.status == 403:
+            raise WriteForbidden(
+                f"forbidden: cannot patch apiservices/status ({name}): the operator's RBAC needs "
+                f"verb=patch on resource=apiservices/status in {GROUP}") from exc
+        raise
+    return True

@@ -1,0 +1,153 @@
+"""Plain data passed between the stages: resolution, probe results, conditions. No I/O here."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+# Kubernetes objects as the API returns them (decoded JSON).
+Obj = dict[str, Any]
+
+DEFAULT_CONDITION_PREFIX = "apiservice-operator.io"
+DEFAULT_PROBE_TIMEOUT = 5.0
+
+
+class Status(enum.StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class ErrorKind(enum.StrEnum):
+    """Why one endpoint failed its probe; also the label of the probe-error metric."""
+
+    TIMEOUT = "timeout"
+    REFUSED = "refused"
+    TLS = "tls"
+    HTTP_STATUS = "http_status"
+    INVALID_DOCUMENT = "invalid_document"
+    UNAUTHORIZED = "unauthorized"
+    CONNECTION = "connection"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One address to send the discovery request to."""
+
+    host: str  # an IP address, or a DNS name for ExternalName Services
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A result reached without probing (or the reason probing cannot start)."""
+
+    status: Status
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    """Everything the prober needs, derived from the APIService, its Service and its slices."""
+
+    targets: tuple[Target, ...]
+    path: str  # /apis/<group>/<version>, or /api/<version> for the legacy core group
+    group_version: str  # what the discovery document's groupVersion must say
+    server_name: str  # the name the serving certificate must carry: <service>.<namespace>.svc
+    ca_bundle: bytes | None
+    insecure_skip_tls_verify: bool
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Exactly one of verdict (decided without a probe) or plan (go probe) is set."""
+
+    verdict: Verdict | None = None
+    plan: ProbePlan | None = None
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    target: Target
+    ok: bool
+    latency: float  # seconds from the start of the probe to the end of the body (or the failure)
+    error: ErrorKind | None = None
+    detail: str = ""  # human-readable: "connection refused", "HTTP 500", ...
+
+    def describe(self) -> str:
+        return f"{self.target.endpoint}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: Status
+    reason: str
+    message: str
+    last_transition_time: str  # RFC 3339, as the API stores it
+
+    def to_api(self) -> Obj:
+        return {
+            "type": self.type, "status": str(self.status), "reason": self.reason,
+            "message": self.message, "lastTransitionTime": self.last_transition_time,
+        }
+
+    @classmethod
+    def from_api(cls, obj: Obj) -> Condition:
+        try:
+            status = Status(obj.get("status", "Unknown"))
+        except ValueError:
+            status = Status.UNKNOWN
+        return cls(
+            type=str(obj.get("type", "")), status=status, reason=str(obj.get("reason", "")),
+            message=str(obj.get("message", "")), last_transition_time=str(obj.get("lastTransitionTime", "")),
+        )
+
+    def same_state(self, other: Condition) -> bool:
+        """Equal for the purpose of "write only when something changed"."""
+        return (self.type, self.status, self.reason, self.message) == (
+            other.type, other.status, other.reason, other.message)
+
+
+@dataclass(frozen=True)
+class ConditionTypes:
+    """Our condition type names under one prefix (DESIGN 2: never the bare `Available`)."""
+
+    prefix: str = DEFAULT_CONDITION_PREFIX
+    available: str = field(init=False)
+    degraded: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        prefix = self.prefix.strip().rstrip("/")
+        if not prefix:
+            raise ValueError(
+                "the condition prefix must not be empty: plain `Available` belongs to kube-apiserver's "
+                "availability controller, and writing it would make the two controllers fight")
+        if "/" in prefix or not _is_dns_subdomain(prefix):
+            raise ValueError(
+                f"the condition prefix {self.prefix!r} must be a DNS subdomain such as "
+                f"{DEFAULT_CONDITION_PREFIX!r} (condition types are `<prefix>/Available`)")
+        object.__setattr__(self, "prefix", prefix)
+        object.__setattr__(self, "available", f"{prefix}/Available")
+        object.__setattr__(self, "degraded", f"{prefix}/Degraded")
+
+    @property
+    def all(self) -> tuple[str, str]:
+        return (self.available, self.degraded)
+
+
+def _is_dns_subdomain(value: str) -> bool:
+    if len(value) > 253:
+        return False
+    labels = value.split(".")
+    return all(
+        0 < len(label) <= 63 and label[0].isalnum() and label[-1].isalnum()
+        and all(c.isalnum() or c == "-" for c in label) and label == label.lower()
+        for label in labels
+    )

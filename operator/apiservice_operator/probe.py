@@ -1,0 +1,164 @@
+"""probe_discovery: GET the discovery document from every target of a plan, within one budget.
+
+httpx's timeouts are per phase (connect, read, ...), so a slow-drip body could outlive them: the
+budget is one total deadline (asyncio.timeout) around connect, TLS, headers and body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections import OrderedDict
+from collections.abc import Callable
+
+import httpx
+
+from apiservice_operator import __version__
+from apiservice_operator.model import ErrorKind, ProbePlan, ProbeResult, Target
+
+MAX_BODY_BYTES = 1 << 20
+MAX_CLIENTS = 1024
+USER_AGENT = f"apiservice-operator/{__version__}"
+
+TokenSource = Callable[[], str | None]
+
+
+class InvalidCABundle(ValueError):
+    pass
+
+
+def ssl_context_for(plan: ProbePlan) -> ssl.SSLContext:
+    if plan.insecure_skip_tls_verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if plan.ca_bundle is None:
+        return ssl.create_default_context()  # the system's trust store, as kube-apiserver does
+    try:
+        return ssl.create_default_context(cadata=plan.ca_bundle.decode("ascii", errors="replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise InvalidCABundle(f"spec.caBundle cannot be loaded: {exc}") from exc
+
+
+def _classify(exc: BaseException) -> tuple[ErrorKind, str]:
+    """The innermost cause says what really happened; httpx wraps it."""
+    chain: list[BaseException] = []
+    cursor: BaseException | None = exc
+    while cursor is not None and len(chain) < 10:
+        chain.append(cursor)
+        cursor = cursor.__cause__ or cursor.__context__
+    for err in chain:
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return ErrorKind.TLS, f"tls: {err.verify_message or err.reason or err}"
+        if isinstance(err, ssl.SSLError):
+            return ErrorKind.TLS, f"tls: {err.reason or err}"
+        if isinstance(err, ConnectionRefusedError):
+            return ErrorKind.REFUSED, "connection refused"
+    text = str(exc) or type(exc).__name__
+    if "refused" in text.lower():
+        return ErrorKind.REFUSED, "connection refused"
+    if "ssl" in text.lower() or "certificate" in text.lower():
+        return ErrorKind.TLS, f"tls: {text}"
+    return ErrorKind.CONNECTION, f"connection: {text}"
+
+
+def validate_document(body: bytes, group_version: str) -> str | None:
+    """None when the body is the APIResourceList for group_version; otherwise what is wrong."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return "InvalidDiscoveryDocument: body is not JSON"
+    if not isinstance(document, dict) or document.get("kind") != "APIResourceList":
+        kind = document.get("kind") if isinstance(document, dict) else type(document).__name__
+        return f"InvalidDiscoveryDocument: kind is {kind!r}, not 'APIResourceList'"
+    if document.get("groupVersion") != group_version:
+        return (f"InvalidDiscoveryDocument: groupVersion is {document.get('groupVersion')!r}, "
+                f"not {group_version!r}")
+    return None
+
+
+class Prober:
+    """Holds one HTTP client per (trust, server name), so connections are reused but a connection
+    verified for one server name is never reused for another."""
+
+    def __init__(self, budget: float, token_source: TokenSource, max_body: int = MAX_BODY_BYTES) -> None:
+        self.budget = budget
+        self.token_source = token_source
+        self.max_body = max_body
+        self._clients: OrderedDict[tuple[bytes | None, bool, str], httpx.AsyncClient] = OrderedDict()
+
+    def _client(self, plan: ProbePlan) -> httpx.AsyncClient:
+        key = (plan.ca_bundle, plan.insecure_skip_tls_verify, plan.server_name)
+        client = self._clients.get(key)
+        if client is not None:
+            self._clients.move_to_end(key)
+            return client
+        client = httpx.AsyncClient(
+            verify=ssl_context_for(plan), follow_redirects=False, trust_env=False,
+            timeout=httpx.Timeout(self.budget),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=8, keepalive_expiry=30),
+        )
+        self._clients[key] = client
+        while len(self._clients) > MAX_CLIENTS:
+            _, evicted = self._clients.popitem(last=False)
+            asyncio.get_running_loop().create_task(evicted.aclose())
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), OrderedDict()
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+
+    async def probe_discovery(self, plan: ProbePlan) -> list[ProbeResult]:
+        try:
+            client = self._client(plan)
+        except InvalidCABundle as exc:
+            return [ProbeResult(t, False, 0.0, ErrorKind.TLS, str(exc)) for t in plan.targets]
+        results = await asyncio.gather(*(self._probe_one(client, plan, t) for t in plan.targets))
+        return list(results)
+
+    async def _probe_one(self, client: httpx.AsyncClient, plan: ProbePlan, target: Target) -> ProbeResult:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        def result(error: ErrorKind | None, detail: str = "") -> ProbeResult:
+            return ProbeResult(target, error is None, loop.time() - started, error, detail or "ok")
+
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": USER_AGENT}
+        token = None if plan.insecure_skip_tls_verify else self.token_source()
+        if token:
+            # only here: verification is on (check_hostname against server_name), so the token
+            # cannot reach a server that failed it; the TLS handshake completes before headers go out
+            headers["Authorization"] = f"Bearer {token}"
+        url = httpx.URL(scheme="https", host=target.host, port=target.port, path=plan.path)
+        try:
+            async with asyncio.timeout(self.budget):
+                request = client.build_request(
+                    "GET", url, headers=headers, extensions={"sni_hostname": plan.server_name})
+                response = await client.send(request, stream=True)
+                try:
+                    code = response.status_code
+                    if code in (401, 403):
+                        return result(ErrorKind.UNAUTHORIZED, f"HTTP {code} (the probe's identity was refused)")
+                    if not 200 <= code < 300:
+                        # 3xx fails as in kube-aggregator: it does not follow redirects either
+                        return result(ErrorKind.HTTP_STATUS, f"bad status: {code}")
+                    body = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > self.max_body:
+                            return result(ErrorKind.INVALID_DOCUMENT,
+                                          f"InvalidDiscoveryDocument: body larger than {self.max_body} bytes")
+                finally:
+                    await response.aclose()
+            problem = validate_document(bytes(body), plan.group_version)
+            return result(ErrorKind.INVALID_DOCUMENT, problem) if problem else result(None)
+        except TimeoutError:
+            return result(ErrorKind.TIMEOUT, f"timeout: no complete answer within {self.budget:g}s")
+        except httpx.HTTPError as exc:
+            kind, detail = _classify(exc)
+            return result(kind, detail)
+        except (OSError, ssl.SSLError) as exc:
+            kind, detail = _classify(exc)
+            return result(kind, detail)

@@ -1,0 +1,102 @@
+"""`make demo`, the part that runs inside the control plane's network namespace: five sample
+aggregated servers, their APIServices, the operator as its ServiceAccount, and the table."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from tests.cluster import pki
+from tests.cluster.controlplane import REPO, ControlPlane
+from tests.cluster.harness import AggregatedAPI
+from tests.cluster.kube import Kube, condition, wait_for
+from tests.cluster.operator import OperatorProcess, install_manifests, service_account_kubeconfig
+
+OURS = "apiservice-operator.io/Available"
+
+
+def say(text: str) -> None:
+    print(f"demo: {text}", file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--state", type=Path, required=True, help="make cluster-up's state directory")
+    p.add_argument("--no-wait", action="store_true", help="print the table and exit (for CI)")
+    args = p.parse_args()
+
+    cp = ControlPlane.attach(args.state)
+    kube = Kube(cp.server, cp.ssl_context())
+    work = Path(tempfile.mkdtemp(prefix="apiservice-operator-demo-"))
+    ca = pki.make_ca("demo-ca")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}})
+
+    def api(service: str, group: str, servers: int, serving_ca: pki.KeyPair | None = None) -> AggregatedAPI:
+        a = AggregatedAPI(kube, "demo", service, group, "v1", work, ca)
+        a.start_servers(servers, serving_ca=serving_ca)
+        a.register_service()
+        a.write_slice()
+        return a
+
+    say("starting five sample aggregated API servers")
+    apis = [
+        api("healthy", "healthy.demo.example.com", 1),
+        api("down", "down.demo.example.com", 1),
+        api("slow", "slow.demo.example.com", 1),
+        api("wrong-ca", "wrong-ca.demo.example.com", 1, serving_ca=pki.make_ca("not-the-demo-ca")),
+        api("half-broken", "half-broken.demo.example.com", 2),
+    ]
+    apis[1].stop()  # down: its endpoint refuses connections
+    apis[2].set_state(mode="healthy", delay=7)  # slower than the 5 s budget
+    apis[4].servers[0].set_state(mode="status", status=500)
+    for a in apis:
+        a.register_apiservice()
+
+    say("installing the operator's manifests (kubectl apply -k manifests/) and running it as its ServiceAccount")
+    install_manifests(cp)
+    operator = OperatorProcess(service_account_kubeconfig(cp, work / "sa.kubeconfig"), work / "operator.log")
+    operator.start()
+    try:
+        say("waiting for the verdicts (kube-apiserver's own can take ~30 s for a hung server)")
+        for a in apis:
+            wait_for(lambda a=a: condition(a.apiservice(), OURS), 60, f"our verdict on {a.name}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(condition(a.apiservice(), "Available") for a in apis):
+            time.sleep(0.5)
+        table = subprocess.run(
+            [sys.executable, "-m", "apiservice_operator.plugin", "--kubeconfig", str(cp.kubeconfig),
+             "-l", "", "-o", "wide"],
+            capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "operator"), "PATH": "/usr/bin:/bin"},
+        )
+        rows = [line for line in table.stdout.splitlines() if "demo.example.com" in line or line.startswith("NAME")]
+        print("\n".join(rows), flush=True)
+        if table.returncode != 0:
+            print(table.stderr, file=sys.stderr)
+            return 1
+        if args.no_wait:
+            return 0
+        say(f"the cluster keeps running: kubectl --kubeconfig {args.state / 'kubeconfig'} apiservices --watch "
+            "(or kubectl get apiservices). Ctrl-C stops everything.")
+        while not stop.wait(1):
+            if not operator.alive():
+                say(f"the operator exited:\n{operator.logs()[-3000:]}")
+                return 1
+        return 0
+    finally:
+        operator.stop()
+        for a in apis:
+            a.stop()
+        kube.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The probe loop's guarantees, with plain-data inputs, a scripted probe and fake loop time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from apiservice_operator.controller import Controller
+from apiservice_operator.model import Condition, Obj, ProbePlan, ProbeResult
+from apiservice_operator.schedule import ProbeQueue
+from apiservice_operator.settings import Settings
+from tests import builders
+
+pytestmark = pytest.mark.looptime
+
+
+@dataclass
+class World:
+    """What the watches would know; mutated by the tests like the API would be."""
+
+    apiservices: dict[str, Obj] = field(default_factory=dict)
+    services: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    slices_: dict[tuple[str, str], list[Obj]] = field(default_factory=dict)
+
+    def apiservice(self, name: str) -> Obj | None:
+        return self.apiservices.get(name)
+
+    def service(self, namespace: str, name: str) -> Obj | None:
+        return self.services.get((namespace, name))
+
+    def slices(self, namespace: str, name: str) -> list[Obj]:
+        return self.slices_.get((namespace, name), [])
+
+    def apiservice_names(self) -> Iterable[str]:
+        return list(self.apiservices)
+
+    def add(self, group: str, *, ready: bool = True, address: str = "10.0.0.1") -> str:
+        obj = builders.make_apiservice(group, service_namespace="ns", service_name=group, ca_bundle=None,
+                                       insecure_skip_tls_verify=True)
+        obj["metadata"]["resourceVersion"] = "1"
+        self.apiservices[obj["metadata"]["name"]] = obj
+        self.services[("ns", group)] = builders.make_service("ns", group)
+        self.slices_[("ns", group)] = [builders.make_slice("ns", group, [builders.make_endpoint(address, ready=ready)])]
+        return str(obj["metadata"]["name"])
+
+
+@dataclass
+class Recorder:
+    world: World
+    writes: list[tuple[str, tuple[Condition, ...], float]] = field(default_factory=list)
+
+    async def write(self, name: str, conditions: Sequence[Condition]) -> bool:
+        self.writes.append((name, tuple(conditions), asyncio.get_running_loop().time()))
+        # the API would now hold them; the watch brings them back into the index
+        obj = self.world.apiservices[name]
+        obj.setdefault("status", {})["conditions"] = [c.to_api() for c in conditions]
+        obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+        return True
+
+    def last(self, name: str) -> dict[str, Any]:
+        conds = [w[1] for w in self.writes if w[0] == name][-1]
+        return {c.type.split("/")[-1]: (str(c.status), c.reason) for c in conds}
+
+
+def healthy(plan: ProbePlan) -> list[ProbeResult]:
+    return [ProbeResult(t, True, 0.01) for t in plan.targets]
+
+
+async def run_for(controller: Controller, seconds: float) -> None:
+    task = asyncio.create_task(controller.run())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_decision_needing_no_probe_is_not_delayed_by_hung_probes() -> None:
+    world = World()
+    hung = [world.add(f"hung{i}.example.com", address=f"10.0.0.{i + 10}") for i in range(5)]
+    victim = world.add("victim.example.com")
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        if plan.server_name.startswith("hung"):
+            await asyncio.sleep(5)  # the whole budget, every time
+        return healthy(plan)
+
+    recorder = Recorder(world)
+    # one probe slot: kube-aggregator's weak spot would be ours if resolution waited for it
+    controller = Controller(Settings(concurrency=1), world, probe, recorder.write)
+    controller.changed_now([*hung, victim])
+    task = asyncio.create_task(controller.run())
+    await asyncio.sleep(1)
+    world.slices_[("ns", "victim.example.com")] = []  # the endpoints vanish
+    emptied_at = asyncio.get_running_loop().time()
+    controller.changed_now([victim])
+    await asyncio.sleep(1)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+    flips = [t for name, conds, t in recorder.writes
+             if name == victim and any(c.reason == "EndpointsNotFound" for c in conds)]
+    assert flips, recorder.writes
+    assert flips[0] - emptied_at < 0.5
+
+
+async def test_change_during_a_hung_probe_cancels_it_and_decides_at_once() -> None:
+    world = World()
+    name = world.add("one.example.com")
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        await asyncio.sleep(5)
+        return healthy(plan)
+
+    recorder = Recorder(world)
+    controller = Controller(Settings(), world, probe, recorder.write)
+    controller.changed_now([name])
+    task = asyncio.create_task(controller.run())
+    await asyncio.sleep(1)  # probe in flight
+    world.slices_[("ns", "one.example.com")][0]["endpoints"][0]["conditions"]["ready"] = False
+    controller.changed_now([name])
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert recorder.last(name)["Available"] == ("False", "MissingEndpoints")
+
+
+async def test_unchanged_verdict_is_written_once() -> None:
+    world = World()
+    name = world.add("steady.example.com")
+    recorder = Recorder(world)
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        return healthy(plan)
+
+    controller = Controller(Settings(probe_interval=10), world, probe, recorder.write)
+    controller.changed_now([name])
+    await run_for(controller, 65)
+    assert controller.stats.probes >= 6  # re-probed every ~10 s
+    assert [w[0] for w in recorder.writes] == [name]
+    assert recorder.last(name)["Available"] == ("True", "Passed")
+
+
+async def test_periodic_reprobe_catches_a_server_that_starts_failing() -> None:
+    world = World()
+    name = world.add("flaky.example.com")
+    broken = {"now": False}
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        if broken["now"]:
+            return [ProbeResult(t, False, 0.01, None, "connection refused") for t in plan.targets]
+        return healthy(plan)
+
+    recorder = Recorder(world)
+    controller = Controller(Settings(probe_interval=10), world, probe, recorder.write)
+    controller.changed_now([name])
+    task = asyncio.create_task(controller.run())
+    await asyncio.sleep(3)
+    broken["now"] = True  # nothing in the API changes: only probing can notice
+    await asyncio.sleep(11)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert recorder.last(name)["Available"] == ("False", "FailedDiscoveryCheck")
+
+
+async def test_deleted_apiservice_is_forgotten() -> None:
+    world = World()
+    name = world.add("gone.example.com")
+    recorder = Recorder(world)
+    controller = Controller(Settings(), world, lambda plan: asyncio.sleep(0, healthy(plan)), recorder.write)
+    controller.changed_now([name])
+    await run_for(controller, 1)
+    del world.apiservices[name]
+    controller.forget(name)
+    await run_for(controller, 30)
+    assert name not in controller.queue
+    assert len(recorder.writes) == 1
+
+
+async def test_queue_holds_each_name_once_at_its_earliest_time() -> None:
+    loop = asyncio.get_running_loop()
+    queue = ProbeQueue(loop.time)
+    queue.schedule("a", 10, urgent=False)
+    queue.schedule("a", 1, urgent=False)
+    queue.schedule("a", 5, urgent=True)
+    queue.schedule("b", 2, urgent=False)
+    assert len(queue) == 2
+    start = loop.time()
+    assert await queue.take() == [("a", True)]
+    assert loop.time() - start == pytest.approx(1, abs=0.01)
+    assert await queue.take() == [("b", False)]
+    assert len(queue) == 0
