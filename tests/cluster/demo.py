@@ -68,7 +68,10 @@ def main() -> int:
     try:
         say("waiting for the verdicts (kube-apiserver's own can take ~30 s for a hung server)")
         for a in apis:
-            wait_for(lambda a=a: condition(a.apiservice(), OURS), 60, f"our verdict on {a.name}")
+            def ours(a: AggregatedAPI = a) -> dict[str, object] | None:
+                return condition(a.apiservice(), OURS)
+
+            wait_for(ours, 60, f"our verdict on {a.name}")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not all(condition(a.apiservice(), "Available") for a in apis):
             time.sleep(0.5)

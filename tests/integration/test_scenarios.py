@@ -68,6 +68,13 @@ def register_healthy(api: AggregatedAPI) -> None:
     api.register_apiservice()
 
 
+def register_on_port_8443(api: AggregatedAPI) -> None:
+    """The APIService says 443 (the default); the Service only listens on 8443."""
+    api.register_service(ports=[{"name": "https", "port": 8443, "targetPort": 8443, "protocol": "TCP"}])
+    api.write_slice()
+    api.register_apiservice()
+
+
 def restart_servers(api: AggregatedAPI) -> None:
     for s in api.servers:
         if s.popen is None:
@@ -91,9 +98,7 @@ SCENARIOS = [
              ours=("False", "ServicePortError"), degraded=("False", "Unavailable"),
              theirs=("False", "ServicePortError"), repair=lambda api: None,
              message_has="is not listening on port 443",
-             register=lambda api: (api.register_service(ports=[
-                 {"name": "https", "port": 8443, "targetPort": 8443, "protocol": "TCP"}]),
-                 api.write_slice(), api.register_apiservice())),
+             register=lambda api: register_on_port_8443(api)),
     Scenario("no-endpointslice", 1,
              break_it=lambda api: api.kube.delete(Kube.slice_path(api.namespace, f"{api.service}-slice")),
              ours=("False", "EndpointsNotFound"), degraded=("False", "Unavailable"),

@@ -1,0 +1,62 @@
+"""kubectl-apiservices' rows, from plain APIService dicts."""
+
+from __future__ import annotations
+
+import datetime
+
+from apiservice_operator.model import ConditionTypes
+from apiservice_operator.plugin import render, row
+from tests import builders
+
+NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
+TYPES = ConditionTypes()
+
+
+def cond(ctype: str, status: str, reason: str, message: str = "") -> dict[str, str]:
+    return {"type": ctype, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": "2026-01-01T11:00:00Z"}
+
+
+def with_conditions(*conditions: dict[str, str]) -> dict[str, object]:
+    obj = builders.make_apiservice("demo.example.com", conditions=list(conditions))
+    obj["metadata"]["creationTimestamp"] = "2026-01-01T11:55:00Z"
+    return obj
+
+
+def test_healthy_row_shows_latency_endpoints_and_both_verdicts() -> None:
+    r = row(with_conditions(
+        cond("Available", "True", "Passed"),
+        cond(TYPES.available, "True", "Passed", "discovery passed on 2/2 endpoints in <1s"),
+        cond(TYPES.degraded, "False", "AsExpected"),
+    ), TYPES, NOW)
+    assert (r["NAME"], r["SERVICE"], r["KUBE-APISERVER"], r["PROBED"], r["REASON"]) == (
+        "v1.demo.example.com", "default/demo", "True", "True", "Passed")
+    assert (r["LATENCY"], r["ENDPOINTS"], r["AGE"]) == ("<1s", "2/2", "5m")
+
+
+def test_degraded_row_shows_the_degraded_reason() -> None:
+    r = row(with_conditions(
+        cond(TYPES.available, "True", "Passed", "discovery passed on 1/2 endpoints in <1s"),
+        cond(TYPES.degraded, "True", "PartialFailure", "1/2 endpoints failed discovery: 10.0.0.2:443: bad status: 500"),
+    ), TYPES, NOW)
+    assert (r["PROBED"], r["REASON"], r["ENDPOINTS"]) == ("Degraded", "PartialFailure", "1/2")
+    assert "bad status: 500" in r["MESSAGE"]
+
+
+def test_failed_row_counts_no_endpoint_ok() -> None:
+    r = row(with_conditions(cond(TYPES.available, "False", "FailedDiscoveryCheck",
+                                 "failing or missing response from 3/3 endpoints: ...")), TYPES, NOW)
+    assert (r["PROBED"], r["ENDPOINTS"], r["KUBE-APISERVER"]) == ("False", "0/3", "<none>")
+
+
+def test_local_apiservice_row() -> None:
+    obj = builders.make_apiservice("apps", service_name=None, conditions=[cond("Available", "True", "Local")])
+    r = row(obj, TYPES, NOW)
+    assert (r["SERVICE"], r["KUBE-APISERVER"], r["PROBED"]) == ("Local", "True", "<none>")
+
+
+def test_colour_only_when_asked() -> None:
+    rows = [row(with_conditions(cond(TYPES.available, "False", "ServiceNotFound")), TYPES, NOW)]
+    assert "\x1b[" not in render(rows, wide=False, colour=False)
+    assert "\x1b[31m" in render(rows, wide=False, colour=True)
+    assert "MESSAGE" in render(rows, wide=True, colour=False)
