@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import kopf
 
 from apiservice_operator.controller import Controller
+from apiservice_operator.events import EventRecorder
+from apiservice_operator.health import HealthState
+from apiservice_operator.health import serve as serve_health
 from apiservice_operator.kubeapi import Credentials, write_conditions
+from apiservice_operator.leader import LeaderElector
+from apiservice_operator.metrics import Metrics
 from apiservice_operator.model import Condition, Obj
+from apiservice_operator.permissions import Permission, missing_permissions, needed
 from apiservice_operator.probe import Prober
 from apiservice_operator.settings import Settings
 
@@ -60,7 +70,7 @@ def _project_apiservice(body: kopf.Body, settings: Settings) -> Obj:
                   if c.get("type") in settings.types.all]
     meta = body.get("metadata") or {}
     return {
-        "metadata": {"name": meta.get("name"), "generation": meta.get("generation"),
+        "metadata": {"name": meta.get("name"), "uid": meta.get("uid"), "generation": meta.get("generation"),
                      "resourceVersion": meta.get("resourceVersion")},
         "spec": dict(body.get("spec") or {}),
         "status": {"conditions": conditions},
@@ -68,7 +78,7 @@ def _project_apiservice(body: kopf.Body, settings: Settings) -> Obj:
 
 
 def build_registry(settings: Settings, controller_box: dict[str, Controller], credentials: Credentials,
-                   inputs: IndexInputs) -> kopf.OperatorRegistry:
+                   inputs: IndexInputs, health: HealthState) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     selector = settings.label_selector
     seen_generation: dict[str, object] = {}
@@ -109,9 +119,14 @@ def build_registry(settings: Settings, controller_box: dict[str, Controller], cr
                           for e in body.get("endpoints") or []],
         }}
 
+    # Handlers that touch the queue are async: kopf runs sync handlers in a thread pool,
+    # away from the event loop that owns the queue.
     @kopf.on.event(*APISERVICES, registry=registry)
-    def apiservice_event(type: str | None,  # noqa: A002 - kopf's keyword
+    async def apiservice_event(type: str | None,  # noqa: A002 - kopf's keyword
                           name: str, body: kopf.Body, **_: Any) -> None:
+        # kopf holds non-index handlers back until every index has been filled from its initial
+        # listing, so the first event means the caches are synced
+        health.synced = True
         controller = controller_box.get("controller")
         if controller is None:
             return
@@ -127,13 +142,13 @@ def build_registry(settings: Settings, controller_box: dict[str, Controller], cr
             controller.changed_now([name])
 
     @kopf.on.event(*SERVICES, registry=registry)
-    def service_event(namespace: str | None, name: str, **_: Any) -> None:
+    async def service_event(namespace: str | None, name: str, **_: Any) -> None:
         controller = controller_box.get("controller")
         if controller is not None:
             controller.changed_now(inputs.apiservices_of(namespace or "", name))
 
     @kopf.on.event(*ENDPOINTSLICES, registry=registry)
-    def slice_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    async def slice_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
         controller = controller_box.get("controller")
         service = labels.get(SERVICE_NAME_LABEL)
         if controller is not None and service:
@@ -156,18 +171,40 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     return s
 
 
+def default_identity() -> str:
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def default_lease_namespace() -> str:
+    namespace = os.environ.get("POD_NAMESPACE")
+    if namespace:
+        return namespace
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace", encoding="utf-8") as f:
+            return f.read().strip() or "default"
+    except OSError:
+        return "default"
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    identity = settings.identity or default_identity()
+    lease_namespace = settings.lease_namespace or default_lease_namespace()
     credentials = Credentials(settings.kubeconfig)
     await credentials.load()
     prober = Prober(settings.probe_timeout, credentials.current_token)
     inputs = IndexInputs()
+    metrics = Metrics()
+    health = HealthState(leader_election=settings.leader_election)
+    recorder = EventRecorder(credentials, settings.events_namespace, identity)
 
-    async def write(name: str, conditions: list[Condition] | Any) -> bool:
+    async def write(name: str, conditions: Sequence[Condition]) -> bool:
         return await write_conditions(credentials, name, conditions)
 
-    controller = Controller(settings=settings, inputs=inputs, probe=prober.probe_discovery, write=write)
+    controller = Controller(settings=settings, inputs=inputs, probe=prober.probe_discovery, write=write,
+                            metrics=metrics, record_event=recorder.record)
+    health.problems = controller.problems
     controller_box = {"controller": controller}
-    registry = build_registry(settings, controller_box, credentials, inputs)
+    registry = build_registry(settings, controller_box, credentials, inputs, health)
 
     @kopf.on.startup(registry=registry)
     async def capture_indices(**kwargs: Any) -> None:
@@ -175,30 +212,119 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         for key in ("apiservice_by_name", "apiservices_by_service", "service_by_name", "slices_by_service"):
             inputs.indices[key] = kwargs[key]
 
+    elector = None
+    if settings.leader_election:
+        elector = LeaderElector(
+            credentials, lease_namespace, settings.lease_name, identity,
+            lease_duration=settings.lease_duration, renew_deadline=settings.lease_duration * 2 / 3,
+            retry_period=max(0.5, settings.lease_duration / 7.5))
+    perms = needed(settings.events_namespace, lease_namespace if elector else None, settings.lease_name)
+
     ready = asyncio.Event()
-    stop_flag = stop or asyncio.Event()
-    loop_task = asyncio.create_task(_probe_loop(controller, ready, credentials), name="probe loop")
+    stop_requested = stop or asyncio.Event()
+    # kopf waits up to 5 s for any task spawned after its start (our checks among them) before it
+    # exits: so on SIGTERM our own loop stops first, the Lease is released, then kopf is told.
+    kopf_stop = asyncio.Event()
+    runner = await serve_health(settings.metrics_port, health, metrics) if settings.metrics_port else None
+    background = [
+        asyncio.create_task(_heartbeat(health), name="heartbeat"),
+        asyncio.create_task(_check_permissions(credentials, perms, controller.problems), name="permissions"),
+        asyncio.create_task(_probe_loop(controller, ready, credentials, elector, health, metrics), name="probe loop"),
+    ]
+    if elector is not None:
+        background.append(asyncio.create_task(elector.run(), name="leader election"))
+
+    async def stop_ours() -> None:
+        for task in reversed(background):  # the probe loop stops before the Lease is released
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def on_stop_request() -> None:
+        await ready.wait()
+        if threading.current_thread() is threading.main_thread():
+            # kopf put its own SIGTERM/SIGINT handlers in place of ours when it started: take them
+            # back, or kopf would stop first and wait 5 s for our in-flight checks
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop_requested.set)
+        await stop_requested.wait()
+        log.info("stopping: probe loop first, then the watches")
+        await stop_ours()
+        kopf_stop.set()
+
+    stopper = asyncio.create_task(on_stop_request(), name="stopper")
     try:
         await kopf.operator(
             registry=registry, settings=kopf_settings(settings), standalone=True, clusterwide=True,
-            ready_flag=ready, stop_flag=stop_flag,
+            ready_flag=ready, stop_flag=kopf_stop,
         )
     finally:
-        loop_task.cancel()
-        await asyncio.gather(loop_task, return_exceptions=True)
+        stopper.cancel()
+        await stop_ours()
+        if runner is not None:
+            await runner.cleanup()
         await prober.aclose()
         await credentials.close()
 
 
-async def _probe_loop(controller: Controller, ready: asyncio.Event, credentials: Credentials) -> None:
+async def _heartbeat(health: HealthState) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        health.heartbeat = loop.time()
+        await asyncio.sleep(1)
+
+
+async def _check_permissions(credentials: Credentials, perms: list[Permission], problems: dict[str, str]) -> None:
+    while True:
+        try:
+            missing = await missing_permissions(credentials, perms)
+        except Exception as exc:
+            log.warning("permission check failed: %r", exc)
+            missing = None
+        if missing:
+            text = "; ".join(p.describe() for p in missing)
+            if problems.get("rbac") != text:
+                for p in missing:
+                    log.error("missing permission: %s (grant it to the operator's ServiceAccount: "
+                              "see manifests/rbac.yaml)", p.describe())
+            problems["rbac"] = text
+        elif missing is not None and "rbac" in problems:
+            del problems["rbac"]
+            log.info("all permissions present again")
+        await asyncio.sleep(60 if not missing else 10)
+
+
+async def _probe_loop(controller: Controller, ready: asyncio.Event, credentials: Credentials,
+                      elector: LeaderElector | None, health: HealthState, metrics: Metrics) -> None:
     await ready.wait()
-    runner = asyncio.create_task(controller.run(), name="controller")
-    try:
-        while not runner.done():
-            # a safety net behind the event-driven schedule: anything indexed but not queued gets queued
-            controller.schedule_all()
-            await credentials.refresh_token()
-            await asyncio.wait([runner], timeout=controller.settings.probe_interval)
-    finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+    while True:
+        if elector is not None:
+            metrics.leader.set(0)
+            health.leading = False
+            await elector.leading.wait()
+        metrics.leader.set(1)
+        health.leading = True
+        controller.schedule_all()
+        runner = asyncio.create_task(controller.run(), name="controller")
+        lost = asyncio.create_task(_lost(elector), name="leadership watch")
+        try:
+            while not runner.done() and not lost.done():
+                # a safety net behind the event-driven schedule: anything indexed but not queued gets queued
+                controller.schedule_all()
+                await credentials.refresh_token()
+                await asyncio.wait([runner, lost], timeout=controller.settings.probe_interval,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            runner.cancel()
+            lost.cancel()
+            await asyncio.gather(runner, lost, return_exceptions=True)
+        if runner.done() and not runner.cancelled() and runner.exception() is not None:
+            raise runner.exception()  # type: ignore[misc]
+        log.info("stopped probing: leadership lost")
+
+
+async def _lost(elector: LeaderElector | None) -> None:
+    if elector is None:
+        await asyncio.Event().wait()
+        return
+    await elector.not_leading.wait()

@@ -11,12 +11,15 @@ import asyncio
 import datetime
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from apiservice_operator.decide import changed, decide, our_conditions
+from apiservice_operator.events import EventSpec, event_for_transition
 from apiservice_operator.kubeapi import WriteForbidden
+from apiservice_operator.metrics import Metrics
 from apiservice_operator.model import Condition, Obj, ProbeResult, Resolution
 from apiservice_operator.resolve import resolve
 from apiservice_operator.schedule import ProbeQueue
@@ -25,6 +28,7 @@ from apiservice_operator.settings import Settings
 log = logging.getLogger("apiservice_operator")
 
 Writer = Callable[[str, Sequence[Condition]], Awaitable[bool]]
+EventSink = Callable[[str, str | None, EventSpec], Awaitable[None]]
 ProbeFn = Callable[..., Awaitable[list[ProbeResult]]]
 
 
@@ -58,6 +62,8 @@ class Controller:
     probe: ProbeFn
     write: Writer
     now: Callable[[], str] = utc_now
+    metrics: Metrics = field(default_factory=Metrics)
+    record_event: EventSink | None = None
     stats: Stats = field(default_factory=Stats)
     problems: dict[str, str] = field(default_factory=dict)  # what keeps us from working, for /readyz
 
@@ -69,6 +75,9 @@ class Controller:
         # what we wrote last, and the resourceVersion we saw then: until the watch brings a newer
         # object, the index still shows the old status and must not cause a second identical write
         self._written: dict[str, tuple[tuple[Condition, ...], str]] = {}
+        # a sweep is complete when every handled APIService has been checked once since it began
+        self._sweep_pending: set[str] = set()
+        self._sweep_started: float | None = None
 
     # --- triggers -------------------------------------------------------------------------------
     def changed_now(self, names: Iterable[str]) -> None:
@@ -78,6 +87,8 @@ class Controller:
     def forget(self, name: str) -> None:
         self.queue.forget(name)
         self._written.pop(name, None)
+        self.metrics.forget(name)
+        self._sweep_done(name)
         task = self._inflight.pop(name, None)
         if task is not None:
             task.cancel()
@@ -92,6 +103,8 @@ class Controller:
             while True:
                 for name, urgent in await self.queue.take():
                     self._start(name, urgent)
+                self.metrics.queue_depth.set(len(self.queue))
+                self.metrics.inflight.set(len(self._inflight))
         finally:
             tasks = list(self._inflight.values())
             for task in tasks:
@@ -110,6 +123,7 @@ class Controller:
         me = asyncio.current_task()
         try:
             await self.check(name)
+            self._sweep_done(name)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -137,6 +151,7 @@ class Controller:
             async with self._probe_slots:
                 self.stats.probes += 1
                 probes = await self.probe(resolution.plan)
+            self.metrics.observe_probes(name, probes)
             apiservice = self.inputs.apiservice(name)  # fresher previous conditions after the wait
             if apiservice is None:
                 return
@@ -150,6 +165,7 @@ class Controller:
         if written is not None and written[1] == rv:
             previous = list(written[0])
         new = decide(resolution, probes, previous, self.now(), types, self.settings.probe_timeout)
+        self.metrics.observe_conditions(name, new[0])
         if not changed(new, previous):
             return
         before = {c.type: c for c in previous}
@@ -160,9 +176,11 @@ class Controller:
                 self.problems["write"] = str(exc)
                 log.error("%s", exc)
                 self.stats.write_errors += 1
+                self.metrics.status_write_errors.inc()
                 raise
             except Exception as exc:
                 self.stats.write_errors += 1
+                self.metrics.status_write_errors.inc()
                 log.warning("status write failed name=%s error=%s", name, exc)
                 raise
         self.problems.pop("write", None)
@@ -170,15 +188,37 @@ class Controller:
             self.forget(name)
             return
         self.stats.writes += 1
+        self.metrics.status_writes.inc()
         self._written[name] = (tuple(new), rv)
         for cond in new:
             prior = before.get(cond.type)
             if prior is None or prior.status != cond.status or prior.reason != cond.reason:
                 self.stats.transitions += 1
+                self.metrics.transitions.labels(name=name, type=cond.type, status=str(cond.status),
+                                                reason=cond.reason).inc()
                 log.info(
                     "transition name=%s type=%s status=%s reason=%s previous=%s message=%r",
                     name, cond.type, cond.status, cond.reason,
                     f"{prior.status}/{prior.reason}" if prior else "none", cond.message)
+
+        event = event_for_transition(before, new[0], new[1])
+        if event is not None and self.record_event is not None:
+            uid = (apiservice.get("metadata") or {}).get("uid")
+            await self.record_event(name, uid, event)
+
+    def _sweep_done(self, name: str) -> None:
+        self._sweep_pending.discard(name)
+        if self._sweep_pending:
+            return
+        loop_now = asyncio.get_running_loop().time()
+        if self._sweep_started is not None:
+            self.metrics.last_sweep.set(time.time())
+            self.metrics.sweep_duration.set(loop_now - self._sweep_started)
+            self.stats.last_sweep_done = loop_now
+        names = set(self.inputs.apiservice_names())
+        self.metrics.apiservices.set(len(names))
+        self._sweep_pending = names
+        self._sweep_started = loop_now if names else None
 
     def schedule_all(self) -> None:
         for name in self.inputs.apiservice_names():

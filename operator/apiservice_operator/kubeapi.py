@@ -7,6 +7,7 @@ feeds kopf's watches, our server-side-apply writes and the probe's bearer token.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +32,7 @@ class Credentials:
         self.configuration: client.Configuration | None = None
         self.api: client.ApiClient | None = None
         self.token: str | None = None
+        self._logins = 0
 
     async def load(self) -> client.Configuration:
         configuration = client.Configuration()
@@ -41,7 +43,8 @@ class Credentials:
         old, self.api = self.api, client.ApiClient(configuration)
         self.configuration = configuration
         if old is not None:
-            await old.close()
+            # requests may still be under way on the old client: retire it later, not now
+            asyncio.get_running_loop().call_later(60, lambda: asyncio.ensure_future(old.close()))
         await self.refresh_token()
         return configuration
 
@@ -58,7 +61,10 @@ class Credentials:
         return self.token
 
     async def connection_info(self) -> kopf.ConnectionInfo:
-        configuration = await self.load()
+        """For kopf's on.login. Its first login reuses what run() loaded; a later one means kopf
+        got a 401 (an expired or rotated token): then credentials are loaded afresh."""
+        self._logins += 1
+        configuration = self.configuration if self._logins == 1 and self.configuration else await self.load()
         return kopf.ConnectionInfo(
             server=str(configuration.host),
             ca_path=configuration.ssl_ca_cert or None,

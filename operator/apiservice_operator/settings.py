@@ -25,6 +25,13 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     debounce: float = 0.05
+    metrics_port: int = 8080
+    leader_election: bool = False
+    lease_name: str = "apiservice-operator"
+    lease_namespace: str = ""
+    lease_duration: float = 15.0
+    events_namespace: str = "default"
+    identity: str = ""
     types: ConditionTypes = field(init=False, repr=False, compare=False)
     label_selector: LabelSelector = field(init=False, repr=False, compare=False)
 
@@ -35,6 +42,10 @@ class Settings:
             raise ValueError("--probe-interval must be positive")
         if self.concurrency < 1:
             raise ValueError("--concurrency must be at least 1")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError("--metrics-port must be 0 (off) or a port number")
+        if self.lease_duration < 2:
+            raise ValueError("--lease-duration must be at least 2 seconds")
         if self.log_format not in ("text", "json"):
             raise ValueError("--log-format must be text or json")
         object.__setattr__(self, "types", ConditionTypes(self.condition_prefix))
@@ -47,8 +58,19 @@ class Settings:
         return d
 
 
+def boolean(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use true or false)")
+
+
 # (flag, env suffix, type, help). The env twin of --probe-timeout is APISERVICE_OPERATOR_PROBE_TIMEOUT.
-_FLAGS: Sequence[tuple[str, type, str]] = (
+_FLAGS: Sequence[tuple[str, Any, str]] = (
     ("probe-timeout", float, "total budget of one discovery probe, seconds (kube-apiserver's is 5)"),
     ("probe-interval", float, "re-probe every APIService this often, seconds, jittered by up to 10%%"),
     ("concurrency", int, "at most this many APIServices probed at once"),
@@ -57,6 +79,14 @@ _FLAGS: Sequence[tuple[str, type, str]] = (
     ("log-format", str, "text or json"),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
     ("debounce", float, "coalesce bursts of changes to one APIService for this long, seconds"),
+    ("metrics-port", int, "serve /metrics, /healthz and /readyz on this port; 0 turns it off"),
+    ("leader-election", boolean, "hold a coordination.k8s.io Lease: only the holder probes and writes"),
+    ("lease-name", str, "the Lease's name"),
+    ("lease-namespace", str, "the Lease's namespace (default: the pod's, from POD_NAMESPACE or the "
+                             "ServiceAccount mount)"),
+    ("lease-duration", float, "seconds a leader's Lease lasts without renewal (failover takes about this)"),
+    ("events-namespace", str, "namespace of the Events about (cluster-scoped) APIServices"),
+    ("identity", str, "this replica's Lease holder identity (default: POD_NAME, else hostname-pid)"),
 )
 
 
@@ -75,9 +105,16 @@ def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | None
         attr = flag.replace("-", "_")
         default = getattr(defaults, attr)
         raw = env.get(env_name(flag))
+        value = default
+        if raw not in (None, ""):
+            try:
+                value = ftype(raw)
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{env_name(flag)}={raw!r}: {exc}")
         parser.add_argument(
-            f"--{flag}", type=ftype, default=ftype(raw) if raw not in (None, "") else default,
+            f"--{flag}", type=ftype, default=value,
             choices=("text", "json") if flag == "log-format" else None,
+            metavar="BOOL" if ftype is boolean else None,
             help=f"{help_text} (env: {env_name(flag)}; default: {default!r})")
 
 
@@ -86,4 +123,7 @@ def from_args(args: argparse.Namespace) -> Settings:
         kubeconfig=args.kubeconfig, probe_timeout=args.probe_timeout, probe_interval=args.probe_interval,
         concurrency=args.concurrency, condition_prefix=args.condition_prefix, selector=args.selector,
         log_format=args.log_format, log_level=args.log_level.upper(), debounce=args.debounce,
+        metrics_port=args.metrics_port, leader_election=args.leader_election, lease_name=args.lease_name,
+        lease_namespace=args.lease_namespace, lease_duration=args.lease_duration,
+        events_namespace=args.events_namespace, identity=args.identity,
     )

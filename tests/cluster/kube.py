@@ -6,11 +6,9 @@ import json
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-
-T = TypeVar("T")
 
 
 class ApiError(RuntimeError):
@@ -91,7 +89,7 @@ def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
     return None
 
 
-def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     """Polls until predicate returns something truthy; fails with the last value seen."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -101,7 +99,7 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, inter
         except ApiError as exc:
             last = exc
         if last and not isinstance(last, Exception):
-            return last  # type: ignore[no-any-return]
+            return last
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
         time.sleep(interval)

@@ -1,0 +1,68 @@
+"""Prometheus metrics, prefix apiservice_operator_. The unavailable gauge has the semantics of
+kube-apiserver's aggregator_unavailable_apiservice (1 while not Available), so alerts port over."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from apiservice_operator.model import Condition, ErrorKind, ProbeResult, Status
+
+# discovery must answer within 5 s; finer buckets below 1 s where healthy servers live
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.unavailable = Gauge(
+            "apiservice_operator_unavailable_apiservice",
+            "1 while our Available condition on the APIService is not True (as aggregator_unavailable_apiservice)",
+            ["name"], registry=r)
+        self.transitions = Counter(
+            "apiservice_operator_transitions_total",
+            "Changes of our Available or Degraded condition's status or reason",
+            ["name", "type", "status", "reason"], registry=r)
+        self.discovery_latency = Histogram(
+            "apiservice_operator_discovery_duration_seconds",
+            "Time of one discovery probe of one endpoint, failed ones included",
+            ["name"], buckets=LATENCY_BUCKETS, registry=r)
+        self.probe_errors = Counter(
+            "apiservice_operator_probe_errors_total", "Endpoint probes that failed, by kind",
+            ["kind"], registry=r)
+        for kind in ErrorKind:
+            self.probe_errors.labels(kind=str(kind))
+        self.probes = Counter("apiservice_operator_probes_total", "APIService probes (all endpoints)", registry=r)
+        self.status_writes = Counter(
+            "apiservice_operator_status_writes_total", "Server-side applies of our conditions", registry=r)
+        self.status_write_errors = Counter(
+            "apiservice_operator_status_write_errors_total", "Failed status writes", registry=r)
+        self.queue_depth = Gauge("apiservice_operator_queue_depth", "APIServices waiting in the probe queue",
+                                 registry=r)
+        self.inflight = Gauge("apiservice_operator_checks_in_flight", "APIServices being checked now", registry=r)
+        self.last_sweep = Gauge(
+            "apiservice_operator_last_sweep_timestamp_seconds",
+            "Unix time when every handled APIService had last been checked at least once since the sweep before",
+            registry=r)
+        self.sweep_duration = Gauge(
+            "apiservice_operator_sweep_duration_seconds", "How long the last full sweep took", registry=r)
+        self.apiservices = Gauge("apiservice_operator_apiservices", "APIServices handled", registry=r)
+        self.leader = Gauge("apiservice_operator_leader", "1 on the replica that holds the Lease", registry=r)
+
+    def observe_probes(self, name: str, results: list[ProbeResult]) -> None:
+        self.probes.inc()
+        histogram = self.discovery_latency.labels(name=name)
+        for result in results:
+            histogram.observe(result.latency)
+            if result.error is not None:
+                self.probe_errors.labels(kind=str(result.error)).inc()
+
+    def observe_conditions(self, name: str, available: Condition) -> None:
+        self.unavailable.labels(name=name).set(0 if available.status is Status.TRUE else 1)
+
+    def forget(self, name: str) -> None:
+        for metric in (self.unavailable, self.discovery_latency):
+            with contextlib.suppress(KeyError):
+                metric.remove(name)

@@ -1,0 +1,58 @@
+"""At start-up and then every minute, ask the API (SelfSubjectAccessReview, which every
+authenticated identity may create) whether we hold each permission we use. A missing one is
+logged naming the verb and resource, and keeps /readyz failing, instead of silently doing nothing."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from kubernetes_asyncio import client
+
+from apiservice_operator.kubeapi import Credentials
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Permission:
+    verb: str
+    group: str
+    resource: str
+    subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+
+    def describe(self) -> str:
+        res = self.resource + (f"/{self.subresource}" if self.subresource else "")
+        res += f".{self.group}" if self.group else ""
+        where = f" in namespace {self.namespace}" if self.namespace else " (cluster-wide)"
+        return f"verb={self.verb} resource={res}{where}"
+
+
+def needed(events_namespace: str, lease_namespace: str | None, lease_name: str) -> list[Permission]:
+    perms = [Permission(v, g, r) for g, r in (("apiregistration.k8s.io", "apiservices"), ("", "services"),
+                                               ("discovery.k8s.io", "endpointslices"))
+             for v in ("get", "list", "watch")]
+    perms.append(Permission("patch", "apiregistration.k8s.io", "apiservices", "status"))
+    perms += [Permission(v, "", "events", namespace=events_namespace) for v in ("create", "patch")]
+    if lease_namespace:
+        perms.append(Permission("create", "coordination.k8s.io", "leases", namespace=lease_namespace))
+        perms += [Permission(v, "coordination.k8s.io", "leases", namespace=lease_namespace, name=lease_name)
+                  for v in ("get", "update")]
+    return perms
+
+
+async def missing_permissions(credentials: Credentials, perms: list[Permission]) -> list[Permission]:
+    assert credentials.api is not None
+    api = client.AuthorizationV1Api(credentials.api)
+    missing = []
+    for p in perms:
+        review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=client.V1ResourceAttributes(
+                verb=p.verb, group=p.group, resource=p.resource, subresource=p.subresource or None,
+                namespace=p.namespace or None, name=p.name or None)))
+        result = await api.create_self_subject_access_review(review)
+        if not (result.status and result.status.allowed):
+            missing.append(p)
+    return missing
