@@ -2,7 +2,7 @@
 PYTHON ?= python3
 KUBECONFIG_LOCAL = $(shell cat $${XDG_STATE_HOME:-$$HOME/.local/state}/apiservice-operator/cluster/ready 2>/dev/null)
 
-.PHONY: help install kube-binaries demo test test-unit check cluster-up cluster-down clean
+.PHONY: help install kube-binaries demo test e2e e2e-kind test-unit check cluster-up cluster-down clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -17,8 +17,14 @@ kube-binaries: ## build or reuse kube-apiserver, kubectl and etcd (cached under 
 demo: install ## the local control plane, five sample aggregated APIs, the operator and its table; Ctrl-C ends it
 	@hack/demo.sh
 
-test: install kube-binaries ## all tests: unit, and integration against the local control plane
+test: install kube-binaries ## all tests: unit, integration and e2e, against the local control plane
 	hack/netns-run $(PYTHON) -m pytest $(PYTEST_ARGS)
+
+e2e: install kube-binaries ## the e2e suite on the local control plane (E2E_KUBECONFIG=... for another cluster)
+	hack/netns-run $(PYTHON) -m pytest e2e $(PYTEST_ARGS)
+
+e2e-kind: ## the e2e suite on a kind cluster (needs a Docker engine; skips with a reason without one)
+	hack/e2e-kind.sh
 
 test-unit: ## the pure core's tests only, no cluster
 	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
@@ -26,7 +32,7 @@ test-unit: ## the pure core's tests only, no cluster
 check: ## lint (ruff) and types (mypy)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m mypy
-	$(PYTHON) -m mypy tests
+	$(PYTHON) -m mypy tests e2e
 
 cluster-up: kube-binaries ## start the local control plane in the background; prints its kubeconfig
 	@hack/cluster.sh up
