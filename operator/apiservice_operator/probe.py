@@ -51,7 +51,7 @@ def _classify(exc: BaseException) -> tuple[ErrorKind, str]:
         cursor = cursor.__cause__ or cursor.__context__
     for err in chain:
         if isinstance(err, ssl.SSLCertVerificationError):
-            return ErrorKind.TLS, f"tls: {err.verify_message or err.reason or err}"
+            return ErrorKind.TLS, f"tls: certificate verify failed: {err.verify_message or err.reason or err}"
         if isinstance(err, ssl.SSLError):
             return ErrorKind.TLS, f"tls: {err.reason or err}"
         if isinstance(err, ConnectionRefusedError):

@@ -19,6 +19,14 @@ from tests.cluster.kube import Kube, condition, wait_for
 from tests.cluster.operator import OperatorProcess, install_manifests, service_account_kubeconfig
 
 OURS = "apiservice-operator.io/Available"
+# our verdict beside kube-apiserver's with plain kubectl (README documents this recipe)
+CUSTOM_COLUMNS = (
+    'NAME:.metadata.name,'
+    'KUBE-APISERVER:.status.conditions[?(@.type=="Available")].status,'
+    'PROBED:.status.conditions[?(@.type=="apiservice-operator.io/Available")].status,'
+    'REASON:.status.conditions[?(@.type=="apiservice-operator.io/Available")].reason,'
+    'DEGRADED:.status.conditions[?(@.type=="apiservice-operator.io/Degraded")].status'
+)
 
 
 def say(text: str) -> None:
@@ -85,6 +93,11 @@ def main() -> int:
         if table.returncode != 0:
             print(table.stderr, file=sys.stderr)
             return 1
+        for title, extra in (("kubectl get apiservices", []), ("kubectl get apiservices -o custom-columns=...",
+                                                                  ["-o", f"custom-columns={CUSTOM_COLUMNS}"])):
+            out = cp.kubectl("get", "apiservices", *extra).stdout.splitlines()
+            print(f"\n$ {title}\n" + "\n".join(
+                line for line in out if "demo.example.com" in line or line.startswith("NAME")), flush=True)
         if args.no_wait:
             return 0
         say(f"the cluster keeps running: kubectl --kubeconfig {args.state / 'kubeconfig'} apiservices --watch "
