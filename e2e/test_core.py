@@ -4,24 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
-from tests.cluster.kube import condition, wait_for
+from tests.cluster.kube import wait_conditions as wait
 
 from e2e.backends import Api, Backend
 
 OURS, DEGRADED, THEIRS = "apiservice-operator.io/Available", "apiservice-operator.io/Degraded", "Available"
-
-
-def wait(api: Api, want: dict[str, tuple[str, str]], timeout: float) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        obj = api.apiservice()
-        found = {t: condition(obj, t) for t in want}
-        ok = all(c is not None and (c["status"], c.get("reason")) == want[t] for t, c in found.items())
-        return found if ok else None
-
-    return wait_for(check, timeout, f"{api.name} {want}", interval=0.25)
 
 
 @dataclass(frozen=True)

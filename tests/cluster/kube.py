@@ -6,7 +6,7 @@ import json
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -103,3 +103,28 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
         time.sleep(interval)
+
+
+class HasAPIService(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def apiservice(self) -> dict[str, Any]: ...
+
+
+def wait_conditions(api: HasAPIService, want: dict[str, tuple[str, str]], timeout: float) -> dict[str, Any]:
+    """Waits until every condition type in `want` has (status, reason); returns them all."""
+
+    def found() -> dict[str, Any]:
+        obj = api.apiservice()
+        return {t: condition(obj, t) for t in want}
+
+    def check() -> dict[str, Any] | None:
+        now = found()
+        ok = all(c is not None and (c["status"], c.get("reason")) == want[t] for t, c in now.items())
+        return now if ok else None
+
+    try:
+        return wait_for(check, timeout, f"{api.name}: {want}", interval=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nnow: {found()!r}") from None

@@ -16,9 +16,9 @@ import yaml
 
 from tests.cluster.controlplane import REPO, ControlPlane, free_port
 from tests.cluster.harness import AggregatedAPI
-from tests.cluster.kube import Kube, condition, wait_for
+from tests.cluster.kube import Kube, condition, wait_conditions, wait_for
 from tests.cluster.operator import SA_NAMESPACE, OperatorProcess, service_account_kubeconfig
-from tests.integration.test_scenarios import OURS, OURS_DEGRADED, OURS_TIMEOUT, register_healthy, wait_conditions
+from tests.integration.test_scenarios import OURS, OURS_DEGRADED, OURS_TIMEOUT, register_healthy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

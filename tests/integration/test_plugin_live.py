@@ -14,8 +14,9 @@ import pytest
 
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.harness import AggregatedAPI
+from tests.cluster.kube import wait_conditions
 from tests.cluster.operator import OperatorProcess
-from tests.integration.test_scenarios import OURS, OURS_TIMEOUT, register_healthy, wait_conditions
+from tests.integration.test_scenarios import OURS, OURS_TIMEOUT, register_healthy
 
 pytestmark = [pytest.mark.cluster]
 

@@ -10,13 +10,12 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
 from tests.cluster import pki
 from tests.cluster.harness import AggregatedAPI
-from tests.cluster.kube import Kube, condition, wait_for
+from tests.cluster.kube import Kube, wait_conditions
 from tests.cluster.operator import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -26,27 +25,6 @@ OURS, OURS_DEGRADED, THEIRS = "apiservice-operator.io/Available", "apiservice-op
 OURS_TIMEOUT = 30
 # kube-apiserver's: a hung server takes it ~28 s; failed checks back off up to 30 s (DESIGN 6b)
 THEIRS_TIMEOUT = 120
-
-
-def wait_conditions(api: AggregatedAPI, want: dict[str, tuple[str, str]], timeout: float) -> dict[str, Any]:
-    """Waits until every condition type in `want` has (status, reason); returns them all."""
-
-    def check() -> dict[str, Any] | None:
-        obj = api.apiservice()
-        found = {t: condition(obj, t) for t in want}
-        if all(c and (c["status"], c.get("reason")) == sr for (t, sr), c in zip(want.items(), found.values(),
-                                                                                 strict=True)):
-            return found
-        return None
-
-    def describe() -> str:
-        obj = api.apiservice()
-        return repr({t: condition(obj, t) for t in want})
-
-    try:
-        return wait_for(check, timeout, f"{api.name}: {want}")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\nnow: {describe()}") from None
 
 
 @dataclass(frozen=True)
