@@ -7,7 +7,8 @@ make every probe a status write.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from apiservice_operator.model import (
     Condition,
@@ -120,7 +121,6 @@ def changed(new: Sequence[Condition], previous: Sequence[Condition]) -> bool:
     return any(c.type not in before or not c.same_state(before[c.type]) for c in new)
 
 
-def our_conditions(apiservice_status: dict[str, object] | None, types: ConditionTypes) -> list[Condition]:
+def our_conditions(apiservice_status: Mapping[str, Any] | None, types: ConditionTypes) -> list[Condition]:
     conditions = (apiservice_status or {}).get("conditions") or []
-    assert isinstance(conditions, list)
     return [Condition.from_api(c) for c in conditions if isinstance(c, dict) and c.get("type") in types.all]
