@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import kopf
+from kopf._core.engines.peering import Identity  # a NewType of str; kopf does not re-export it
 
 from apiservice_operator.controller import Controller
 from apiservice_operator.events import EventRecorder
@@ -257,6 +258,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await kopf.operator(
             registry=registry, settings=kopf_settings(settings), standalone=True, clusterwide=True,
             ready_flag=ready, stop_flag=kopf_stop,
+            # kopf would otherwise ask the passwd database (getpass.getuser), which has no entry
+            # for the image's numeric non-root user
+            identity=Identity(identity),
         )
     finally:
         stopper.cancel()
