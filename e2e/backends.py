@@ -81,7 +81,7 @@ class PodApi:
 
     def set_mode(self, server: int, **state: Any) -> None:
         # the server re-reads its state file on every request
-        self.backend.kubectl("exec", "-n", self.namespace, self.pods[server], "--", "python", "-c",
+        self.backend.kubectl("exec", "-n", self.namespace, self.pods[server], "--", "python3", "-c",
                              f"open('/state/state.json','w').write({json.dumps(json.dumps(state))})")
 
     def stop(self, server: int) -> None:
