@@ -1,0 +1,125 @@
+"""The prober against a real HTTPS server process on 127.0.0.1: TLS identity, status codes, caps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from apiservice_operator.model import ErrorKind, ProbePlan, Target
+from apiservice_operator.probe import Prober
+from tests.cluster import pki
+from tests.cluster.controlplane import REPO, free_port
+
+SERVER_NAME = "api.demo.svc"
+CA = pki.make_ca("prober-test-ca")
+
+
+class Server:
+    def __init__(self, tmp: Path, cert_for: str = SERVER_NAME, ca: pki.KeyPair = CA) -> None:
+        pair = pki.issue(ca, cert_for, dns_names=(cert_for,), server=True)
+        cert, key = pair.write(tmp, f"srv-{cert_for}")
+        self.state, self.record = tmp / f"state-{cert_for}.json", tmp / f"req-{cert_for}.jsonl"
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.cluster.aggserver", "--address", "127.0.0.1", "--port", str(self.port),
+             "--cert", str(cert), "--key", str(key), "--group", "demo.example.com", "--version", "v1",
+             "--state", str(self.state), "--record", str(self.record)],
+            cwd=REPO, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().startswith("READY")
+
+    def set(self, **state: object) -> None:
+        self.state.write_text(json.dumps(state))
+
+    def authorizations(self) -> list[str | None]:
+        lines = self.record.read_text().splitlines() if self.record.exists() else []
+        return [json.loads(line)["authorization"] for line in lines]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    s = Server(tmp_path)
+    yield s
+    s.stop()
+
+
+def plan(port: int, *, server_name: str = SERVER_NAME, insecure: bool = False, ca: bytes | None = CA.cert_pem,
+         group_version: str = "demo.example.com/v1") -> ProbePlan:
+    return ProbePlan(targets=(Target("127.0.0.1", port),), path="/apis/demo.example.com/v1",
+                     group_version=group_version, server_name=server_name,
+                     ca_bundle=None if insecure else ca, insecure_skip_tls_verify=insecure)
+
+
+async def probe_once(p: ProbePlan, token: str | None = "secret-token", **kwargs: int) -> tuple[bool, object, str]:
+    prober = Prober(5.0, lambda: token, **kwargs)
+    try:
+        [result] = await prober.probe_discovery(p)
+    finally:
+        await prober.aclose()
+    return result.ok, result.error, result.detail
+
+
+async def test_verified_for_the_service_name_and_sends_the_token(server: Server) -> None:
+    assert await probe_once(plan(server.port)) == (True, None, "ok")
+    assert server.authorizations() == ["Bearer secret-token"]
+
+
+async def test_certificate_for_another_name_fails_and_gets_no_token(server: Server) -> None:
+    ok, error, detail = await probe_once(plan(server.port, server_name="other.demo.svc"))
+    assert (ok, error) == (False, ErrorKind.TLS)
+    assert "certificate verify failed" in detail
+    assert server.authorizations() == []  # the handshake failed before any request went out
+
+
+async def test_insecure_skip_tls_verify_passes_without_credentials(tmp_path: Path) -> None:
+    other = Server(tmp_path, ca=pki.make_ca("unrelated-ca"))
+    try:
+        assert (await probe_once(plan(other.port, insecure=True)))[0] is True
+        assert other.authorizations() == [None]
+    finally:
+        other.stop()
+
+
+@pytest.mark.parametrize(("status", "error", "detail"), [
+    (401, ErrorKind.UNAUTHORIZED, "HTTP 401"),
+    (403, ErrorKind.UNAUTHORIZED, "HTTP 403"),
+    (302, ErrorKind.HTTP_STATUS, "bad status: 302"),
+    (500, ErrorKind.HTTP_STATUS, "bad status: 500"),
+    (503, ErrorKind.HTTP_STATUS, "bad status: 503"),
+])
+async def test_status_codes(server: Server, status: int, error: ErrorKind, detail: str) -> None:
+    server.set(mode="status", status=status)
+    ok, got_error, got_detail = await probe_once(plan(server.port))
+    assert (ok, got_error) == (False, error)
+    assert got_detail.startswith(detail)
+
+
+async def test_wrong_group_version_is_an_invalid_document(server: Server) -> None:
+    ok, error, detail = await probe_once(plan(server.port, group_version="demo.example.com/v2"))
+    assert (ok, error) == (False, ErrorKind.INVALID_DOCUMENT)
+    assert "groupVersion is 'demo.example.com/v1', not 'demo.example.com/v2'" in detail
+
+
+async def test_body_over_the_cap_is_refused(server: Server) -> None:
+    ok, error, detail = await probe_once(plan(server.port), max_body=64)
+    assert (ok, error) == (False, ErrorKind.INVALID_DOCUMENT)
+    assert "larger than 64 bytes" in detail
+
+
+async def test_closed_port_is_refused() -> None:
+    ok, error, detail = await probe_once(plan(free_port()))
+    assert (ok, error, detail) == (False, ErrorKind.REFUSED, "connection refused")
+
+
+async def test_unloadable_ca_bundle_is_a_tls_error_for_every_target() -> None:
+    ok, error, detail = await probe_once(plan(1, ca=b"-----BEGIN CERTIFICATE-----\nnot base64\n"))
+    assert (ok, error) == (False, ErrorKind.TLS)
+    assert "caBundle cannot be loaded" in detail
