@@ -20,12 +20,13 @@ from apiservice_operator.decide import changed, decide, our_conditions
 from apiservice_operator.events import EventSpec, event_for_transition
 from apiservice_operator.kubeapi import WriteForbidden
 from apiservice_operator.metrics import Metrics
-from apiservice_operator.model import Condition, Obj, ProbeResult, Resolution
+from apiservice_operator.model import Condition, Obj, ProbeResult, Resolution, Status
 from apiservice_operator.resolve import resolve
 from apiservice_operator.schedule import ProbeQueue
 from apiservice_operator.settings import Settings
 
 log = logging.getLogger("apiservice_operator")
+RETRY_BASE = 1.0
 
 Writer = Callable[[str, Sequence[Condition]], Awaitable[bool]]
 EventSink = Callable[[str, str | None, EventSpec], Awaitable[None]]
@@ -77,6 +78,10 @@ class Controller:
         self._written: dict[str, tuple[tuple[Condition, ...], str]] = {}
         # a sweep is complete when every handled APIService has been checked once since it began
         self._sweep_pending: set[str] = set()
+        # consecutive checks that did not end Available=True: such APIServices are re-checked
+        # sooner (1 s, 2 s, 4 s ... up to the interval), so a recovery shows within seconds, as
+        # kube-aggregator's rate-limited requeue of failed checks does
+        self._failing: dict[str, int] = {}
         self._sweep_started: float | None = None
 
     # --- triggers -------------------------------------------------------------------------------
@@ -87,6 +92,7 @@ class Controller:
     def forget(self, name: str) -> None:
         self.queue.forget(name)
         self._written.pop(name, None)
+        self._failing.pop(name, None)
         self.metrics.forget(name)
         self._sweep_done(name)
         task = self._inflight.pop(name, None)
@@ -95,7 +101,12 @@ class Controller:
 
     def _next_periodic(self, name: str) -> None:
         interval = self.settings.probe_interval
-        self.queue.schedule(name, interval * (1 - 0.1 * random.random()), urgent=False)
+        failures = self._failing.get(name, 0)
+        if failures:
+            delay = min(interval, RETRY_BASE * 2 ** (failures - 1))
+        else:
+            delay = interval * (1 - 0.1 * random.random())
+        self.queue.schedule(name, delay, urgent=False)
 
     # --- the loop -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -166,6 +177,10 @@ class Controller:
             previous = list(written[0])
         new = decide(resolution, probes, previous, self.now(), types, self.settings.probe_timeout)
         self.metrics.observe_conditions(name, new[0])
+        if new[0].status is Status.TRUE:
+            self._failing.pop(name, None)
+        else:
+            self._failing[name] = self._failing.get(name, 0) + 1
         if not changed(new, previous):
             return
         before = {c.type: c for c in previous}

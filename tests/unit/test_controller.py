@@ -192,3 +192,30 @@ async def test_queue_holds_each_name_once_at_its_earliest_time() -> None:
     assert loop.time() - start == pytest.approx(1, abs=0.01)
     assert await queue.take() == [("b", False)]
     assert len(queue) == 0
+
+
+async def test_failing_apiservice_is_rechecked_sooner_so_recovery_shows_within_seconds() -> None:
+    world = World()
+    name = world.add("recovering.example.com")
+    state = {"broken": True}
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        if state["broken"]:
+            return [ProbeResult(t, False, 0.01, None, "connection refused") for t in plan.targets]
+        return healthy(plan)
+
+    recorder = Recorder(world)
+    controller = Controller(Settings(probe_interval=10), world, probe, recorder.write)
+    controller.changed_now([name])
+    task = asyncio.create_task(controller.run())
+    await asyncio.sleep(30)  # failing all along: backoff 1, 2, 4, 8, then the interval
+    assert recorder.last(name)["Available"] == ("False", "FailedDiscoveryCheck")
+    probes_while_failing = controller.stats.probes
+    assert 6 <= probes_while_failing <= 8, probes_while_failing
+    state["broken"] = False
+    repaired = asyncio.get_running_loop().time()
+    await asyncio.sleep(11)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    recovered = [t for n, conds, t in recorder.writes if n == name and conds[0].reason == "Passed"]
+    assert recovered and recovered[0] - repaired <= 10.5
