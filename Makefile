@@ -2,7 +2,7 @@
 PYTHON ?= python3
 KUBECONFIG_LOCAL = $(shell cat $${XDG_STATE_HOME:-$$HOME/.local/state}/apiservice-operator/cluster/ready 2>/dev/null)
 
-.PHONY: help install kube-binaries demo test e2e e2e-kind test-unit check image wheels cluster-up cluster-down clean
+.PHONY: help install kube-binaries demo test e2e e2e-kind test-unit check image wheels bench cluster-up cluster-down clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ test-unit: ## the pure core's tests only, no cluster
 check: ## lint (ruff) and types (mypy)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m mypy
-	$(PYTHON) -m mypy tests e2e
+	$(PYTHON) -m mypy tests e2e bench
 
 IMAGE ?= apiservice-operator:0.1.0
 BASE_IMAGE ?= python:3.11-slim
@@ -44,6 +44,10 @@ wheels: ## the operator and its dependencies as wheels in build/wheels (what the
 image: wheels ## build the operator image; BASE_IMAGE=... picks the base (default python:3.11-slim)
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine answers (hack/docker-engine.sh starts one, as root)"; exit 1; }
 	docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
+
+bench: install kube-binaries ## operator vs kube-apiserver's own controller; writes bench/results/ (BENCH_REPS, BENCH_SIZES, BENCH_HANG, BENCH_WINDOW)
+	$(PYTHON) -m pip install --quiet matplotlib py-spy
+	hack/netns-run $(PYTHON) -m bench
 
 cluster-up: kube-binaries ## start the local control plane in the background; prints its kubeconfig
 	@hack/cluster.sh up
