@@ -1,6 +1,7 @@
 # The operator image. Wheels are built on the host first (`make image` does it: pip wheel . -w
 # build/wheels), so the build itself needs no network and works where no registry is reachable.
 #   docker build --build-arg BASE_IMAGE=python:3.11-slim -t apiservice-operator:0.1.0 .
+# BASE_IMAGE must carry CPython 3.11 on glibc >= 2.34 (the host-built cp311 manylinux wheels).
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build

@@ -41,8 +41,9 @@ wheels: ## the operator and its dependencies as wheels in build/wheels (what the
 	rm -rf build/wheels
 	$(PYTHON) -m pip wheel --quiet -w build/wheels .
 
-image: wheels ## build the operator image; BASE_IMAGE=... picks the base (default python:3.11-slim)
+image: ## build the operator image; BASE_IMAGE=... picks the base (default python:3.11-slim)
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine answers (hack/docker-engine.sh starts one, as root)"; exit 1; }
+	$(MAKE) wheels
 	docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
 
 bench: install kube-binaries ## operator vs kube-apiserver's own controller; writes bench/results/ (BENCH_REPS, BENCH_SIZES, BENCH_HANG, BENCH_WINDOW)
