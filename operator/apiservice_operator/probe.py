@@ -144,6 +144,13 @@ class Prober:
                     if not 200 <= code < 300:
                         # 3xx fails as in kube-aggregator: it does not follow redirects either
                         return result(ErrorKind.HTTP_STATUS, f"bad status: {code}")
+                    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                    if encoding not in ("", "identity"):
+                        # we asked for identity: a compressed body would be inflated before the
+                        # cap is checked (a 64 KiB gzip bomb is 64 MiB in memory)
+                        return result(ErrorKind.INVALID_DOCUMENT,
+                                      f"InvalidDiscoveryDocument: body sent with Content-Encoding {encoding!r}, "
+                                      "though the probe asked for identity")
                     body = bytearray()
                     async for chunk in response.aiter_bytes():
                         body += chunk

@@ -123,3 +123,19 @@ async def test_unloadable_ca_bundle_is_a_tls_error_for_every_target() -> None:
     ok, error, detail = await probe_once(plan(1, ca=b"-----BEGIN CERTIFICATE-----\nnot base64\n"))
     assert (ok, error) == (False, ErrorKind.TLS)
     assert "caBundle cannot be loaded" in detail
+
+
+async def test_compressed_body_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    """A gzip bomb: ~64 KiB on the wire, 64 MiB inflated. We ask for identity and refuse the rest."""
+    import gzip
+
+    from tests.unit.tls_server import Answer, TLSServer
+
+    pair = pki.issue(CA, SERVER_NAME, dns_names=(SERVER_NAME,), server=True)
+    cert, key = pair.write(tmp_path, "gzip")
+    bomb = gzip.compress(b"0" * (64 << 20), 9)
+    with TLSServer(cert, key, Answer(body=bomb, headers=(("Content-Type", "application/json"),
+                                                        ("Content-Encoding", "gzip")))) as server:
+        ok, error, detail = await probe_once(plan(server.port))
+    assert (ok, error) == (False, ErrorKind.INVALID_DOCUMENT)
+    assert "Content-Encoding 'gzip'" in detail
