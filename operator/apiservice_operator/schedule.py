@@ -56,5 +56,8 @@ class ProbeQueue:
                 return taken
             self._changed.clear()
             timeout = (self._heap[0][0] - now) if self._heap else None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands in the same
+            # loop iteration as the change (CPython gh-86296), and the probe loop then never stops
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
