@@ -194,6 +194,20 @@ async def test_queue_holds_each_name_once_at_its_earliest_time() -> None:
     assert len(queue) == 0
 
 
+async def test_queue_take_honours_a_cancel_that_meets_a_change() -> None:
+    """A watch event and the stop of the probe loop in one loop iteration: the cancel must win, or
+    SIGTERM (or a lost Lease) leaves the loop probing and writing. wait_for on 3.11 lost it."""
+    loop = asyncio.get_running_loop()
+    queue = ProbeQueue(loop.time)
+    queue.schedule("later", 60, urgent=False)
+    taker = asyncio.create_task(queue.take())
+    await asyncio.sleep(0)
+    queue.schedule("sooner", 30, urgent=True)
+    taker.cancel()
+    await asyncio.wait([taker], timeout=1)
+    assert taker.cancelled()
+
+
 async def test_failing_apiservice_is_rechecked_sooner_so_recovery_shows_within_seconds() -> None:
     world = World()
     name = world.add("recovering.example.com")
