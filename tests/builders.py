@@ -5,6 +5,11 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from tests.cluster import pki
+
+# a real (throw-away) CA certificate: resolve loads every caBundle, as kube-aggregator does
+CA_PEM = pki.make_ca("unit-tests-ca").cert_pem
+
 
 def make_apiservice(
     group: str = "demo.example.com",

@@ -56,7 +56,10 @@ def _classify(exc: BaseException) -> tuple[ErrorKind, str]:
             return ErrorKind.TLS, f"tls: {err.reason or err}"
         if isinstance(err, ConnectionRefusedError):
             return ErrorKind.REFUSED, "connection refused"
-    text = str(exc) or type(exc).__name__
+        if isinstance(err, ConnectionResetError):
+            return ErrorKind.CONNECTION, "connection: reset by the server"
+    # httpx/httpcore often raise with an empty message and keep the words in a cause
+    text = next((str(err) for err in chain if str(err)), type(exc).__name__)
     if "refused" in text.lower():
         return ErrorKind.REFUSED, "connection refused"
     if "ssl" in text.lower() or "certificate" in text.lower():

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Iterable
+
+from cryptography import x509
 
 from apiservice_operator.model import Obj, ProbePlan, Resolution, Status, Target, Verdict
 
@@ -49,7 +52,18 @@ def _decode_ca_bundle(apiservice: Obj) -> tuple[bytes | None, str | None]:
         return None, "spec.caBundle is not valid base64"
     if _PEM_CERT not in data:
         return None, "spec.caBundle holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-    return data, None
+    problem = _unloadable(data)
+    return (None, problem) if problem else (data, None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _unloadable(data: bytes) -> str | None:
+    """PEM armour around something that is no certificate is as bad as no PEM at all."""
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        return f"spec.caBundle holds a PEM block that is no loadable certificate: {exc}"
+    return None
 
 
 def resolve(apiservice: Obj, service: Obj | None, slices: Iterable[Obj]) -> Resolution:

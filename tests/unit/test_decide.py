@@ -21,11 +21,12 @@ from apiservice_operator.model import (
     Target,
     Verdict,
 )
+from tests.builders import CA_PEM as TEST_CA_PEM
 
 TYPES = ConditionTypes()
 NOW, EARLIER, LATER = "2026-01-01T12:00:00Z", "2026-01-01T11:00:00Z", "2026-01-01T13:00:00Z"
 BUDGET = 5.0
-CA_PEM = b"-----BEGIN CERTIFICATE-----\nMIIBdummy\n-----END CERTIFICATE-----\n"
+CA_PEM = TEST_CA_PEM
 
 A, B, C = Target("10.0.0.1", 8443), Target("10.0.0.2", 8443), Target("fd00::3", 8443)
 
@@ -343,3 +344,39 @@ def test_decide_round_trips_through_the_api_shape_without_a_write() -> None:
 ])
 def test_latency_bucket(seconds: float, bucket: str) -> None:
     assert latency_bucket(seconds) == bucket
+
+
+@pytest.mark.parametrize(("seconds", "previous", "bucket"), [
+    pytest.param(1.2, "<1s", "<2.5s", id="up-at-once"),
+    pytest.param(0.8, "<2.5s", "<2.5s", id="kept-just-below-its-edge"),
+    pytest.param(0.6, "<2.5s", "<2.5s", id="kept-above-half-its-edge"),
+    pytest.param(0.49, "<2.5s", "<1s", id="down-once-well-below"),
+    pytest.param(2.0, "<5s", "<5s", id="5s-bucket-kept"),
+    pytest.param(1.0, "<5s", "<2.5s", id="5s-bucket-left-below-1.25s"),
+    pytest.param(0.1, ">=5s", "<1s", id="straight-down-to-the-true-bucket"),
+    pytest.param(0.5, "garbage", "<1s", id="unknown-previous-ignored"),
+])
+def test_latency_bucket_has_hysteresis_and_stays_an_upper_bound(seconds: float, previous: str, bucket: str) -> None:
+    assert latency_bucket(seconds, previous) == bucket
+    assert seconds < {"<1s": 1.0, "<2.5s": 2.5, "<5s": 5.0, ">=5s": float("inf")}[bucket]
+
+
+def test_latency_hovering_at_a_bucket_edge_writes_once_not_every_probe() -> None:
+    previous: list[Condition] = []
+    writes = 0
+    for latency in [0.9, 1.1, 0.95, 1.05, 0.9, 1.2, 0.97, 1.01] * 3:
+        new = run(plan(A), [ok(A, latency)], previous=previous)
+        writes += changed(new, previous)
+        previous = list(new)
+    assert writes == 2  # the first verdict, then up to <2.5s once
+
+
+def test_slow_discovery_hovering_at_half_the_budget_does_not_flap() -> None:
+    previous: list[Condition] = []
+    reasons = []
+    for latency in [2.6, 2.4, 2.55, 2.3, 2.45, 2.6]:
+        previous = list(run(plan(A), [ok(A, latency)], previous=previous))
+        reasons.append(previous[1].reason)
+    assert reasons == ["SlowDiscovery"] * 6
+    previous = list(run(plan(A), [ok(A, 1.9)], previous=previous))
+    assert previous[1].reason == "AsExpected"

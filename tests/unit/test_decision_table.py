@@ -23,12 +23,13 @@ from apiservice_operator.model import (
     Target,
 )
 from apiservice_operator.resolve import resolve
+from tests.builders import CA_PEM as TEST_CA_PEM
 from tests.builders import make_apiservice, make_endpoint, make_service, make_slice
 
 TYPES = ConditionTypes()
 NOW, EARLIER = "2026-01-01T12:00:00Z", "2026-01-01T11:00:00Z"
 BUDGET = 5.0
-CA_PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+CA_PEM = TEST_CA_PEM
 
 OK = ("ok", 0.01)
 
@@ -134,7 +135,7 @@ ROWS = [
         message_has=("discovery passed on 1/2 endpoints",
                      "1/2 endpoints failed discovery: 10.0.0.2:8443: bad status: 500")),
     Row("slow but within the budget: degraded", probes={"10.0.0.1:8443": ("ok", 3.2)},
-        available=("True", "Passed"), degraded=("True", "SlowDiscovery"), message_has=("more than half of the 5s",)),
+        available=("True", "Passed"), degraded=("True", "SlowDiscovery"), message_has=("over half of the 5s",)),
     Row("exactly half the budget is not slow", probes={"10.0.0.1:8443": ("ok", 2.5)}),
     Row("refused identity: unknown, with what to grant",
         probes={"10.0.0.1:8443": (ErrorKind.UNAUTHORIZED, "HTTP 403 (the probe's identity was refused)")},

@@ -13,11 +13,12 @@ import pytest
 
 from apiservice_operator.model import ProbePlan, Resolution, Status, Target, Verdict
 from apiservice_operator.resolve import resolve
+from tests.builders import CA_PEM as TEST_CA_PEM
 from tests.builders import make_apiservice, make_endpoint, make_service, make_slice
 
 Obj = dict[str, Any]
 
-CA_PEM = b"-----BEGIN CERTIFICATE-----\nMIIBdummy\n-----END CERTIFICATE-----\n"
+CA_PEM = TEST_CA_PEM
 
 
 def _resolve(apiservice: Obj, service: Obj | None, slices: list[Obj]) -> Resolution:
