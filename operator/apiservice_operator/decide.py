@@ -1,12 +1,14 @@
 """decide: resolution + probe results + our previous conditions -> our new conditions. Pure.
 
 `lastTransitionTime` moves only when `status` flips (kube-aggregator's SetAPIServiceCondition).
-Messages carry no raw timings, only coarse buckets: a message that changed on every probe would
-make every probe a status write.
+Messages carry no raw timings, only coarse buckets, and the buckets and SlowDiscovery have
+hysteresis: a message that changed whenever a probe's latency crossed a line (a loaded machine
+hovers around one) would make every probe a status write.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,11 +29,29 @@ MAX_ENDPOINTS_IN_MESSAGE = 10
 _LATENCY_BUCKETS = ((1.0, "<1s"), (2.5, "<2.5s"), (5.0, "<5s"))
 
 
-def latency_bucket(seconds: float) -> str:
-    for limit, label in _LATENCY_BUCKETS:
-        if seconds < limit:
-            return label
-    return ">=5s"
+_LABELS = [label for _, label in _LATENCY_BUCKETS] + [">=5s"]
+_LOWER_LIMITS = [0.0] + [limit for limit, _ in _LATENCY_BUCKETS]  # a bucket's lower edge, by index
+# a bucket is left downwards only when the latency is well below its lower edge
+_DOWN_FACTOR = 0.5
+# SlowDiscovery starts above half the budget and ends only below this share of that half
+_SLOW_EXIT_FACTOR = 0.8
+_BUCKET_IN_MESSAGE = re.compile(r" in (<[0-9.]+s|>=5s)")
+
+
+def latency_bucket(seconds: float, previous: str | None = None) -> str:
+    """The bucket of `seconds`: always an upper bound of it ("<2.5s" for 0.7 s is still true), so
+    a higher previous bucket is kept until the latency has clearly come down."""
+    index = next((i for i, (limit, _) in enumerate(_LATENCY_BUCKETS) if seconds < limit), len(_LATENCY_BUCKETS))
+    if previous in _LABELS:
+        before = _LABELS.index(previous)
+        if before > index and seconds >= _LOWER_LIMITS[before] * _DOWN_FACTOR:
+            return previous
+    return _LABELS[index]
+
+
+def _previous_bucket(previous: Condition | None) -> str | None:
+    found = _BUCKET_IN_MESSAGE.search(previous.message) if previous is not None else None
+    return found.group(1) if found else None
 
 
 def _list_failures(failures: Sequence[ProbeResult]) -> str:
@@ -51,7 +71,8 @@ def _unauthorized_message(plan: ProbePlan, failures: Sequence[ProbeResult]) -> s
     return f"the aggregated server refused the operator's probe: {_list_failures(failures)}; {hint}"
 
 
-def _conclude(resolution: Resolution, probes: Sequence[ProbeResult], budget: float) -> tuple[Verdict, Verdict]:
+def _conclude(resolution: Resolution, probes: Sequence[ProbeResult], budget: float,
+              before: Mapping[str, Condition], types: ConditionTypes) -> tuple[Verdict, Verdict]:
     """(available, degraded) before transition times are applied."""
     if resolution.verdict is not None:
         verdict = resolution.verdict
@@ -69,21 +90,24 @@ def _conclude(resolution: Resolution, probes: Sequence[ProbeResult], budget: flo
 
     if passed:
         slowest = max(passed, key=lambda p: p.latency)
-        available = Verdict(
-            Status.TRUE, "Passed",
-            f"discovery passed on {len(passed)}/{total} endpoints in {latency_bucket(slowest.latency)}")
+        prior_available = before.get(types.available)
+        bucket = latency_bucket(slowest.latency, _previous_bucket(prior_available))
+        available = Verdict(Status.TRUE, "Passed", f"discovery passed on {len(passed)}/{total} endpoints in {bucket}")
+        prior_degraded = before.get(types.degraded)
+        was_slow = prior_degraded is not None and prior_degraded.reason == "SlowDiscovery"
+        slow_line = budget / 2 * (_SLOW_EXIT_FACTOR if was_slow else 1.0)
         if failed or missing:
             degraded = Verdict(
                 Status.TRUE, "PartialFailure",
                 f"{len(failed) + missing}/{total} endpoints failed discovery: {_list_failures(failed)}")
-        elif slowest.latency > budget / 2:
+        elif slowest.latency > slow_line:
             # a count, not the slowest endpoint's name: among several slow endpoints which one is
             # slowest changes with jitter, and a changing message is a status write every probe
-            slow = sum(1 for p in passed if p.latency > budget / 2)
+            slow = sum(1 for p in passed if p.latency > slow_line)
             degraded = Verdict(
                 Status.TRUE, "SlowDiscovery",
-                f"{slow}/{total} endpoints answered discovery in {latency_bucket(slowest.latency)}, "
-                f"more than half of the {budget:g}s budget")
+                f"{slow}/{total} endpoints answered discovery in {bucket}, "
+                f"close to or over half of the {budget:g}s budget")
         else:
             degraded = Verdict(Status.FALSE, "AsExpected", f"all {total} endpoints answered within half the budget")
         return available, degraded
@@ -107,8 +131,8 @@ def decide(
     budget: float,
 ) -> tuple[Condition, Condition]:
     """Our (Available, Degraded) conditions. `now` is RFC 3339; time is never read here."""
-    available, degraded = _conclude(resolution, probes, budget)
     before = {c.type: c for c in previous}
+    available, degraded = _conclude(resolution, probes, budget, before, types)
 
     def build(ctype: str, verdict: Verdict) -> Condition:
         prior = before.get(ctype)
