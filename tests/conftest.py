@@ -108,7 +108,7 @@ def operator_kubeconfig(control_plane: ControlPlane, tmp_path_factory: pytest.Te
 
 
 # Short interval so periodic re-probes show up within a test; the budget stays the real 5 s.
-OPERATOR_ARGS = ["--probe-interval", "2", "--log-level", "DEBUG"]
+OPERATOR_ARGS = ["--probe-interval", "2", "--resync-interval", "3", "--log-level", "DEBUG"]
 
 
 @pytest.fixture(scope="session")
@@ -135,3 +135,11 @@ def operator(
         code = proc.stop()
         if request.session.testsfailed > failed_before or code not in (0, None):
             print(f"\n===== operator log (exit {code}) =====\n{proc.logs()[-20000:]}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """The fault suite's tally again at the very end, where a CI log is read first."""
+    path = config._tmp_path_factory.getbasetemp() / "fault-summary.txt"  # type: ignore[attr-defined]
+    if path.exists():
+        terminalreporter.write_sep("=", "faults and bad input")
+        terminalreporter.write_line(path.read_text().rstrip())

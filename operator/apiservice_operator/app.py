@@ -13,8 +13,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import kopf
+from kopf._core.engines.indexing import OperatorIndexers  # kopf's own, for embedded operators
 from kopf._core.engines.peering import Identity  # a NewType of str; kopf does not re-export it
 
+from apiservice_operator import resync
 from apiservice_operator.controller import Controller
 from apiservice_operator.events import EventRecorder
 from apiservice_operator.health import HealthState
@@ -28,6 +30,7 @@ from apiservice_operator.probe import Prober
 from apiservice_operator.settings import Settings
 
 log = logging.getLogger("apiservice_operator")
+KOPF_STOP_GRACE = 1.0  # seconds kopf gets to end its watches before they are cancelled
 
 # Full group, version and plural: without a group kopf scans every API group at start-up, and a
 # broken aggregated API (what we watch for) would then stall our own start.
@@ -79,10 +82,19 @@ def _project_apiservice(body: kopf.Body, settings: Settings) -> Obj:
 
 
 def build_registry(settings: Settings, controller_box: dict[str, Controller], credentials: Credentials,
-                   inputs: IndexInputs, health: HealthState) -> kopf.OperatorRegistry:
+                   inputs: IndexInputs, health: HealthState,
+                   watched: resync.Watched | None = None) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     selector = settings.label_selector
     seen_generation: dict[str, object] = {}
+    watched = watched if watched is not None else resync.Watched()
+
+    def track(kind: resync.Kind, type_: str | None, namespace: str | None, name: str, uid: str | None,
+              note: str | None = None) -> None:
+        if type_ == "DELETED":
+            watched.deleted(kind, namespace, name, uid)
+        else:
+            watched.saw(kind, namespace, name, uid, note)
 
     def selected(body: kopf.Body, **_: Any) -> bool:
         return selector.matches((body.get("metadata") or {}).get("labels"))
@@ -124,7 +136,8 @@ def build_registry(settings: Settings, controller_box: dict[str, Controller], cr
     # away from the event loop that owns the queue.
     @kopf.on.event(*APISERVICES, registry=registry)
     async def apiservice_event(type: str | None,  # noqa: A002 - kopf's keyword
-                          name: str, body: kopf.Body, **_: Any) -> None:
+                          name: str, uid: str | None, body: kopf.Body, **_: Any) -> None:
+        track(resync.APISERVICES, type, None, name, uid)
         # kopf holds non-index handlers back until every index has been filled from its initial
         # listing, so the first event means the caches are synced
         health.synced = True
@@ -137,21 +150,25 @@ def build_registry(settings: Settings, controller_box: dict[str, Controller], cr
             return
         # Our own status writes come back as events too: re-check only when the spec moved,
         # or the operator would loop on itself.
-        key = ((body.get("metadata") or {}).get("generation"), repr(body.get("spec")))
+        key = (uid, (body.get("metadata") or {}).get("generation"), repr(body.get("spec")))
         if seen_generation.get(name) != key:
             seen_generation[name] = key
             controller.changed_now([name])
 
     @kopf.on.event(*SERVICES, registry=registry)
-    async def service_event(namespace: str | None, name: str, **_: Any) -> None:
+    async def service_event(type: str | None, namespace: str | None, name: str,  # noqa: A002
+                            uid: str | None, **_: Any) -> None:
+        track(resync.SERVICES, type, namespace, name, uid)
         controller = controller_box.get("controller")
         if controller is not None:
             controller.changed_now(inputs.apiservices_of(namespace or "", name))
 
     @kopf.on.event(*ENDPOINTSLICES, registry=registry)
-    async def slice_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    async def slice_event(type: str | None, namespace: str | None, name: str,  # noqa: A002
+                          uid: str | None, labels: kopf.Labels, **_: Any) -> None:
         controller = controller_box.get("controller")
         service = labels.get(SERVICE_NAME_LABEL)
+        track(resync.ENDPOINTSLICES, type, namespace, name, uid, service)
         if controller is not None and service:
             controller.changed_now(inputs.apiservices_of(namespace or "", service))
 
@@ -205,13 +222,16 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                             metrics=metrics, record_event=recorder.record)
     health.problems = controller.problems
     controller_box = {"controller": controller}
-    registry = build_registry(settings, controller_box, credentials, inputs, health)
+    watched = resync.Watched()
+    indexers = OperatorIndexers()
+    registry = build_registry(settings, controller_box, credentials, inputs, health, watched)
 
     @kopf.on.startup(registry=registry)
     async def capture_indices(**kwargs: Any) -> None:
         # kopf pre-creates the (empty) indexes before start-up handlers: keep live references
         for key in ("apiservice_by_name", "apiservices_by_service", "service_by_name", "slices_by_service"):
             inputs.indices[key] = kwargs[key]
+        take_signals_back()
 
     elector = None
     if settings.leader_election:
@@ -232,6 +252,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         asyncio.create_task(_check_permissions(credentials, perms, controller.problems), name="permissions"),
         asyncio.create_task(_probe_loop(controller, ready, credentials, elector, health, metrics), name="probe loop"),
     ]
+    if settings.resync_interval > 0:
+        background.append(asyncio.create_task(
+            _resync_loop(settings.resync_interval, ready, credentials, watched, indexers, inputs, controller),
+            name="resync"))
     if elector is not None:
         background.append(asyncio.create_task(elector.run(), name="leader election"))
 
@@ -240,35 +264,95 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
+    kopf_task = asyncio.create_task(kopf.operator(
+        registry=registry, indexers=indexers, settings=kopf_settings(settings), standalone=True,
+        clusterwide=True,
+        ready_flag=ready, stop_flag=kopf_stop,
+        # kopf would otherwise ask the passwd database (getpass.getuser), which has no entry
+        # for the image's numeric non-root user
+        identity=Identity(identity),
+    ), name="kopf")
+    cut_short = False
+
     async def on_stop_request() -> None:
-        await ready.wait()
+        nonlocal cut_short
+        await stop_requested.wait()
+        log.info("stopping: probe loop first, then the watches")
+        await stop_ours()
+        kopf_stop.set()
+        # A graceful kopf then waits up to 5 s for tasks hanging on a frozen kube-apiserver (its own
+        # discovery requests among them). It keeps no state of ours (no finalizers, annotations or
+        # kopf status), so there is nothing for it to finish: cut the wait short.
+        done, _ = await asyncio.wait([kopf_task], timeout=KOPF_STOP_GRACE)
+        if not done:
+            cut_short = True
+            kopf_task.cancel()
+
+    def take_signals_back() -> None:
         if threading.current_thread() is threading.main_thread():
             # kopf put its own SIGTERM/SIGINT handlers in place of ours when it started: take them
             # back, or kopf would stop first and wait 5 s for our in-flight checks
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop_requested.set)
-        await stop_requested.wait()
-        log.info("stopping: probe loop first, then the watches")
-        await stop_ours()
-        kopf_stop.set()
+
+    async def after_ready() -> None:
+        await ready.wait()
+        take_signals_back()
 
     stopper = asyncio.create_task(on_stop_request(), name="stopper")
+    reclaimer = asyncio.create_task(after_ready(), name="signals")
     try:
-        await kopf.operator(
-            registry=registry, settings=kopf_settings(settings), standalone=True, clusterwide=True,
-            ready_flag=ready, stop_flag=kopf_stop,
-            # kopf would otherwise ask the passwd database (getpass.getuser), which has no entry
-            # for the image's numeric non-root user
-            identity=Identity(identity),
-        )
+        try:
+            await kopf_task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not cut_short or (current is not None and current.cancelling()):
+                raise
+            log.info("stopped kopf without waiting for requests that hang on kube-apiserver")
     finally:
+        reclaimer.cancel()
         stopper.cancel()
         await stop_ours()
         if runner is not None:
             await runner.cleanup()
         await prober.aclose()
         await credentials.close()
+
+
+async def _resync_loop(interval: float, ready: asyncio.Event, credentials: Credentials, watched: resync.Watched,
+                       indexers: OperatorIndexers, inputs: IndexInputs, controller: Controller) -> None:
+    await ready.wait()
+    while True:
+        await asyncio.sleep(interval)
+        for kind in resync.KINDS:
+            try:
+                ghosts = await resync.find_ghosts(credentials, kind, watched)
+            except Exception as exc:  # the API may be down: the watches will say so louder
+                log.warning("resync of %s failed: %r", kind.name, exc)
+                continue
+            for key in ghosts:
+                forget_ghost(kind, key, watched, indexers, inputs, controller)
+
+
+def forget_ghost(kind: resync.Kind, key: resync.Key, watched: resync.Watched, indexers: OperatorIndexers,
+                 inputs: IndexInputs, controller: Controller) -> None:
+    """What a DELETED event would have done, had the watch been there to see it."""
+    namespace, name, uid = key
+    service = watched.objects[kind.name].get(key)
+    log.warning("forgetting %s %s: deleted while our watch was down (kopf's re-list keeps it)",
+                kind.name, f"{namespace}/{name}" if namespace else name)
+    body: Any = {"metadata": {"namespace": namespace, "name": name, "uid": uid}}
+    if namespace is None:
+        del body["metadata"]["namespace"]
+    indexers.discard(body)
+    watched.deleted(kind, namespace, name, uid)
+    if kind is resync.APISERVICES:
+        controller.forget(name)
+    elif kind is resync.SERVICES:
+        controller.changed_now(inputs.apiservices_of(namespace or "", name))
+    elif service:
+        controller.changed_now(inputs.apiservices_of(namespace or "", service))
 
 
 async def _heartbeat(health: HealthState) -> None:

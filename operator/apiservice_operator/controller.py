@@ -83,6 +83,8 @@ class Controller:
         # kube-aggregator's rate-limited requeue of failed checks does
         self._failing: dict[str, int] = {}
         self._sweep_started: float | None = None
+        # APIServices whose last check probed (not Local, not failed before a probe): they set the pace
+        self._probed: set[str] = set()
 
     # --- triggers -------------------------------------------------------------------------------
     def changed_now(self, names: Iterable[str]) -> None:
@@ -93,14 +95,23 @@ class Controller:
         self.queue.forget(name)
         self._written.pop(name, None)
         self._failing.pop(name, None)
+        self._probed.discard(name)
         self.metrics.forget(name)
         self._sweep_done(name)
         task = self._inflight.pop(name, None)
         if task is not None:
             task.cancel()
 
+    def periodic_interval(self) -> float:
+        """Few APIServices are re-probed more often (a hang shows sooner), many less often, so the
+        periodic probes stay within --max-probe-rate whatever N is."""
+        s = self.settings
+        shortest = min(s.min_probe_interval, s.probe_interval)
+        return min(s.probe_interval, max(shortest, len(self._probed) / s.max_probe_rate))
+
     def _next_periodic(self, name: str) -> None:
-        interval = self.settings.probe_interval
+        interval = self.periodic_interval()
+        self.metrics.probe_interval.set(interval)
         failures = self._failing.get(name, 0)
         if failures:
             delay = min(interval, RETRY_BASE * 2 ** (failures - 1))
@@ -158,7 +169,10 @@ class Controller:
         slices = self.inputs.slices(namespace, service_name) if ref else []
         resolution = resolve(apiservice, service, slices)
         probes: list[ProbeResult] = []
-        if resolution.plan is not None:
+        if resolution.plan is None:
+            self._probed.discard(name)
+        else:
+            self._probed.add(name)
             async with self._probe_slots:
                 self.stats.probes += 1
                 probes = await self.probe(resolution.plan)

@@ -49,6 +49,10 @@ class Metrics:
         self.sweep_duration = Gauge(
             "apiservice_operator_sweep_duration_seconds", "How long the last full sweep took", registry=r)
         self.apiservices = Gauge("apiservice_operator_apiservices", "APIServices handled", registry=r)
+        self.probe_interval = Gauge(
+            "apiservice_operator_probe_interval_seconds",
+            "The periodic re-probe interval now in force (shorter with few APIServices, see --max-probe-rate)",
+            registry=r)
         self.leader = Gauge("apiservice_operator_leader", "1 on the replica that holds the Lease", registry=r)
 
     def observe_probes(self, name: str, results: list[ProbeResult]) -> None:

@@ -8,6 +8,8 @@ import heapq
 import itertools
 from collections.abc import Callable
 
+_RESOLUTION = 0.001  # seconds
+
 
 class ProbeQueue:
     def __init__(self, clock: Callable[[], float]) -> None:
@@ -45,7 +47,9 @@ class ProbeQueue:
         while True:
             now = self._clock()
             taken: list[tuple[str, bool]] = []
-            while self._heap and self._heap[0][0] <= now:
+            # what is due within the clock's resolution is due now, as asyncio's own timers: otherwise a
+            # wake-up a hair early (a rounding clock) waits again for nothing, over and over
+            while self._heap and self._heap[0][0] <= now + _RESOLUTION:
                 when, _, name = heapq.heappop(self._heap)
                 current = self._due.get(name)
                 if current is None or current[0] != when:

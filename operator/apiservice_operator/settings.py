@@ -19,6 +19,8 @@ class Settings:
     kubeconfig: str | None = None
     probe_timeout: float = DEFAULT_PROBE_TIMEOUT
     probe_interval: float = 10.0
+    min_probe_interval: float = 1.0
+    max_probe_rate: float = 20.0
     concurrency: int = 256
     condition_prefix: str = DEFAULT_CONDITION_PREFIX
     selector: str = ""
@@ -32,6 +34,7 @@ class Settings:
     lease_duration: float = 15.0
     events_namespace: str = "default"
     identity: str = ""
+    resync_interval: float = 30.0
     types: ConditionTypes = field(init=False, repr=False, compare=False)
     label_selector: LabelSelector = field(init=False, repr=False, compare=False)
 
@@ -40,10 +43,16 @@ class Settings:
             raise ValueError("--probe-timeout must be positive")
         if self.probe_interval <= 0:
             raise ValueError("--probe-interval must be positive")
+        if self.min_probe_interval <= 0:
+            raise ValueError("--min-probe-interval must be positive")
+        if self.max_probe_rate <= 0:
+            raise ValueError("--max-probe-rate must be positive")
         if self.concurrency < 1:
             raise ValueError("--concurrency must be at least 1")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("--metrics-port must be 0 (off) or a port number")
+        if self.resync_interval < 0:
+            raise ValueError("--resync-interval must be 0 (off) or positive")
         if self.lease_duration < 2:
             raise ValueError("--lease-duration must be at least 2 seconds")
         if self.log_format not in ("text", "json"):
@@ -72,7 +81,11 @@ def boolean(text: str | bool) -> bool:
 # (flag, env suffix, type, help). The env twin of --probe-timeout is APISERVICE_OPERATOR_PROBE_TIMEOUT.
 _FLAGS: Sequence[tuple[str, Any, str]] = (
     ("probe-timeout", float, "total budget of one discovery probe, seconds (kube-apiserver's is 5)"),
-    ("probe-interval", float, "re-probe every APIService this often, seconds, jittered by up to 10%%"),
+    ("probe-interval", float, "re-probe every APIService at least this often, seconds, jittered by up to 10%%"),
+    ("min-probe-interval", float, "with few APIServices re-probe as often as this, seconds, within --max-probe-rate: "
+                                  "a hang is then caught in about this plus the budget"),
+    ("max-probe-rate", float, "periodic probes per second at most: the interval is the number of probed "
+                              "APIServices / this rate, between --min-probe-interval and --probe-interval"),
     ("concurrency", int, "at most this many APIServices probed at once"),
     ("condition-prefix", str, "our condition types are <prefix>/Available and <prefix>/Degraded"),
     ("selector", str, "label selector: handle only APIServices matching it (e.g. 'team=platform,tier!=dev')"),
@@ -87,6 +100,8 @@ _FLAGS: Sequence[tuple[str, Any, str]] = (
     ("lease-duration", float, "seconds a leader's Lease lasts without renewal (failover takes about this)"),
     ("events-namespace", str, "namespace of the Events about (cluster-scoped) APIServices"),
     ("identity", str, "this replica's Lease holder identity (default: POD_NAME, else hostname-pid)"),
+    ("resync-interval", float, "this often, seconds, find objects deleted while a watch was down (kopf's "
+                               "re-list after 410 Gone keeps them) and forget them; 0 turns it off"),
 )
 
 
@@ -121,9 +136,10 @@ def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | None
 def from_args(args: argparse.Namespace) -> Settings:
     return Settings(
         kubeconfig=args.kubeconfig, probe_timeout=args.probe_timeout, probe_interval=args.probe_interval,
+        min_probe_interval=args.min_probe_interval, max_probe_rate=args.max_probe_rate,
         concurrency=args.concurrency, condition_prefix=args.condition_prefix, selector=args.selector,
         log_format=args.log_format, log_level=args.log_level.upper(), debounce=args.debounce,
         metrics_port=args.metrics_port, leader_election=args.leader_election, lease_name=args.lease_name,
         lease_namespace=args.lease_namespace, lease_duration=args.lease_duration,
-        events_namespace=args.events_namespace, identity=args.identity,
+        events_namespace=args.events_namespace, identity=args.identity, resync_interval=args.resync_interval,
     )

@@ -219,7 +219,7 @@ async def test_failing_apiservice_is_rechecked_sooner_so_recovery_shows_within_s
         return healthy(plan)
 
     recorder = Recorder(world)
-    controller = Controller(Settings(probe_interval=10), world, probe, recorder.write)
+    controller = Controller(Settings(probe_interval=10, min_probe_interval=10), world, probe, recorder.write)
     controller.changed_now([name])
     task = asyncio.create_task(controller.run())
     await asyncio.sleep(30)  # failing all along: backoff 1, 2, 4, 8, then the interval
@@ -233,3 +233,33 @@ async def test_failing_apiservice_is_rechecked_sooner_so_recovery_shows_within_s
     await asyncio.gather(task, return_exceptions=True)
     recovered = [t for n, conds, t in recorder.writes if n == name and conds[0].reason == "Passed"]
     assert recovered and recovered[0] - repaired <= 10.5
+
+
+async def test_few_apiservices_are_reprobed_at_the_min_interval_many_within_the_rate() -> None:
+    world = World()
+    names = [world.add(f"g{i}.example.com") for i in range(100)]
+    recorder = Recorder(world)
+    settings = Settings(probe_interval=10, min_probe_interval=1, max_probe_rate=20)
+    controller = Controller(settings, world, lambda plan: asyncio.sleep(0, healthy(plan)), recorder.write)
+    assert controller.periodic_interval() == 1  # nothing probed yet
+    controller.changed_now(names[:5])
+    await run_for(controller, 1)
+    assert controller.periodic_interval() == 1  # 5 APIServices: 5 probes/s, within 20/s
+    controller.changed_now(names)
+    await run_for(controller, 1)
+    assert controller.periodic_interval() == 5  # 100 / 20 per second
+    for i in range(100, 400):
+        controller.changed_now([world.add(f"g{i}.example.com")])
+    await run_for(controller, 1)
+    assert controller.periodic_interval() == 10  # 400 / 20 = 20 s, capped by --probe-interval
+
+
+async def test_periodic_probes_of_a_few_apiservices_come_every_min_interval() -> None:
+    world = World()
+    name = world.add("quick.example.com")
+    recorder = Recorder(world)
+    controller = Controller(Settings(), world, lambda plan: asyncio.sleep(0, healthy(plan)), recorder.write)
+    controller.changed_now([name])
+    await run_for(controller, 30.5)
+    assert 30 <= controller.stats.probes <= 35  # every 0.9-1 s (jitter), not every 10 s
+    assert len(recorder.writes) == 1
