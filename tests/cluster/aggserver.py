@@ -8,8 +8,14 @@ Behaviour is read from the JSON state file on every connection, so a test flips 
 between healthy and broken without restarting it:
     {"mode": "healthy" | "status" | "wrong-document" | "hang" | "close" | "tcp-hang",
      "delay": seconds before answering, "status": HTTP status for mode "status"}
+Hostile modes, for the fault tests (each documented at HOSTILE_MODES below):
+    "slowloris" | "garbage-tls" | "garbage-http" | "huge-body" | "endless-chunked" | "redirect" |
+    "http10-close" | "reset-mid-body"
+  with "drip" (slowloris: seconds per body byte, default 1) and "size" (huge-body: bytes, default 100 MiB).
 Every request is appended to the record file (path and Authorization header), which lets tests
-prove where the operator's token went.
+prove where the operator's token went. With "record_handshakes": true in the state, a TLS handshake
+that fails (a client that refused our certificate) is recorded too, as a line with
+"event": "handshake-failed" and no request fields.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import socket
 import ssl
+import struct
 import sys
 import time
 from pathlib import Path
@@ -26,6 +34,21 @@ from typing import Any
 
 _REASONS = {200: "OK", 302: "Found", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             500: "Internal Server Error", 503: "Service Unavailable"}
+
+HOSTILE_MODES = {
+    "slowloris": "200 and the headers of the valid document at once, then its body one byte per `drip` seconds",
+    "garbage-tls": "answers the TLS ClientHello with plain-text garbage (the connection never becomes TLS)",
+    "garbage-http": "completes TLS, reads the request, answers with bytes that are not an HTTP response",
+    "huge-body": "200 with a Content-Length of `size` bytes (100 MiB): a discovery document padded to that size",
+    "endless-chunked": "200, Transfer-Encoding: chunked, and chunks of a never-ending document, as fast as it can",
+    "redirect": "302 Found to /redirected on the same server (`status` picks another 3xx)",
+    "http10-close": "an HTTP/1.0 response without Content-Length, the body delimited by closing: otherwise valid",
+    "reset-mid-body": "200 with Content-Length, half of the body, then a TCP reset (SO_LINGER 0)",
+}
+# Modes decided when a connection opens: a kept-alive connection that sees one of them is closed,
+# so the client's next connection meets the misbehaviour.
+_CONNECTION_MODES = ("garbage-tls",)
+_CHUNK = 64 * 1024
 
 
 def discovery_document(group: str, version: str) -> dict[str, Any]:
@@ -70,7 +93,19 @@ class Server:
             if state.get("mode") == "tcp-hang":
                 await asyncio.sleep(3600)
                 return
-            await writer.start_tls(self.tls)
+            if state.get("mode") == "garbage-tls":
+                writer.write(b"this is not TLS, " * 64 + b"\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(1)  # let the client read it before the connection closes
+                return
+            try:
+                await writer.start_tls(self.tls)
+            except (ssl.SSLError, ConnectionError, OSError) as exc:
+                if state.get("record_handshakes"):
+                    self.record({"time": time.time(), "event": "handshake-failed", "error": str(exc),
+                                 "method": None, "path": None, "authorization": None, "user_agent": None,
+                                 "mode": state.get("mode", "healthy")})
+                return
             while True:
                 request_line = await reader.readline()
                 if not request_line:
@@ -106,7 +141,11 @@ class Server:
             return False
         if mode == "close":
             return False
+        if mode in _CONNECTION_MODES:
+            return False  # a kept-alive connection: close it, the next one meets the mode
         path = path.split("?", 1)[0]
+        if mode in HOSTILE_MODES and path == self.discovery_path:
+            return await self.respond_hostile(writer, mode, path, state)
         if path != self.discovery_path:
             await self.send(writer, 404, {"kind": "Status", "status": "Failure", "code": 404})
             return True
@@ -120,6 +159,92 @@ class Server:
                         "resources": []}
         await self.send(writer, 200, document)
         return True
+
+    def document_bytes(self) -> bytes:
+        return json.dumps(discovery_document(self.args.group, self.args.version)).encode()
+
+    def padded_prefix(self) -> bytes:
+        """The start of a valid discovery document whose last field is a long string."""
+        document = discovery_document(self.args.group, self.args.version)
+        return json.dumps(document).encode()[:-1] + b', "padding": "'
+
+    @staticmethod
+    async def drain(writer: asyncio.StreamWriter) -> None:
+        """drain() that notices a client gone away. asyncio's returns without yielding while the
+        buffer is low, so the loop never runs the callback that reports the lost connection, and an
+        endless writer would spin (logging every failed send) forever: yield, then check."""
+        await asyncio.sleep(0)
+        if writer.transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        await writer.drain()
+
+    async def respond_hostile(self, writer: asyncio.StreamWriter, mode: str, path: str,
+                              state: dict[str, Any]) -> bool:
+        """The hostile modes (HOSTILE_MODES); True keeps the connection open for the next request."""
+        drain = self.drain
+        if mode == "slowloris":
+            body = self.document_bytes()
+            writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode())
+            await drain(writer)
+            drip = float(state.get("drip", 1.0))
+            for i in range(len(body)):
+                writer.write(body[i:i + 1])
+                await drain(writer)
+                await asyncio.sleep(drip)
+            return True
+        if mode == "garbage-http":
+            writer.write(b"\x00\x01\x02 SPDY/9 nonsense \xff\xfe\r\nnot: a status line\r\n\r\n{}")
+            await drain(writer)
+            return False
+        if mode in ("huge-body", "endless-chunked"):
+            size = int(state.get("size", 100 * 1024 * 1024))
+            prefix = self.padded_prefix()
+            chunked = mode == "endless-chunked"
+            head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            head += "Transfer-Encoding: chunked\r\n\r\n" if chunked else f"Content-Length: {size}\r\n\r\n"
+            writer.write(head.encode())
+            padding = b"a" * _CHUNK
+            if chunked:
+                writer.write(b"%x\r\n%s\r\n" % (len(prefix), prefix))
+                while True:
+                    writer.write(b"%x\r\n%s\r\n" % (len(padding), padding))
+                    await drain(writer)
+            sent = len(prefix)
+            writer.write(prefix)
+            end = b'"}'
+            while sent + len(end) < size:
+                piece = padding[:min(_CHUNK, size - len(end) - sent)]
+                writer.write(piece)
+                sent += len(piece)
+                await drain(writer)
+            writer.write(end)
+            await drain(writer)
+            return True
+        if mode == "redirect":
+            code = int(state.get("status", 302))
+            body = json.dumps({"kind": "Status", "status": "Failure", "code": code}).encode()
+            writer.write((f"HTTP/1.1 {code} {_REASONS.get(code, 'Redirect')}\r\n"
+                          f"Location: /redirected{path}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+            await drain(writer)
+            return True
+        if mode == "http10-close":
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + self.document_bytes())
+            await drain(writer)
+            return False
+        if mode == "reset-mid-body":
+            body = self.document_bytes()
+            writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:len(body) // 2])
+            await drain(writer)
+            await asyncio.sleep(0.05)
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return False
+        raise AssertionError(f"unknown hostile mode {mode!r}")
 
     async def send(self, writer: asyncio.StreamWriter, code: int, body_obj: Any) -> None:
         body = json.dumps(body_obj).encode()

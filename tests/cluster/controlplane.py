@@ -263,6 +263,56 @@ class ControlPlane:
         self._etcd.start()
         self.wait_ready()
 
+    # --- faults: the halves of a restart, a frozen API, etcd compaction (tests/integration/test_faults.py)
+    def stop_apiserver(self) -> None:
+        self._apiserver.stop()
+
+    def start_apiserver(self) -> None:
+        """After stop_apiserver(); blocks until /readyz answers ok."""
+        self._apiserver.start()
+        self.wait_ready()
+
+    def stop_etcd(self) -> None:
+        self._etcd.stop()
+
+    def start_etcd(self) -> None:
+        """After stop_etcd(); blocks until kube-apiserver's /readyz answers ok again."""
+        self._etcd.start()
+        self.wait_ready()
+
+    def signal_apiserver(self, sig: int) -> None:
+        """E.g. SIGSTOP / SIGCONT: the API unreachable while its process and sockets stay."""
+        if self._apiserver.popen is None or self._apiserver.popen.poll() is not None:
+            raise ControlPlaneError("kube-apiserver is not running")
+        os.killpg(self._apiserver.popen.pid, sig)
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_port}"
+
+    def _etcd_gateway(self, path: str, body: dict[str, object]) -> dict[str, object]:
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.etcd_url}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return dict(json.loads(response.read()))
+
+    def etcd_revision(self) -> int:
+        """etcd's current revision, from its gRPC gateway (a range read of one key)."""
+        reply = self._etcd_gateway("/v3/kv/range", {"key": "AA==", "limit": 1})  # key "\0"
+        header = reply.get("header")
+        assert isinstance(header, dict), reply
+        return int(header["revision"])
+
+    def compact_etcd(self, revision: int | None = None) -> int:
+        """Compacts etcd's history up to `revision` (default: the current one), as kube-apiserver does
+        every 5 minutes: every watch resuming from an older resourceVersion then gets 410 Gone."""
+        revision = revision or self.etcd_revision()
+        self._etcd_gateway("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        return revision
+
     def stop(self) -> None:
         for proc in (getattr(self, "_apiserver", None), getattr(self, "_etcd", None)):
             if proc is not None:

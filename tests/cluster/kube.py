@@ -89,14 +89,16 @@ def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
     return None
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Polls until predicate returns something truthy; fails with the last value seen."""
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1,
+             tolerate: tuple[type[Exception], ...] = (ApiError,)) -> Any:
+    """Polls until predicate returns something truthy; fails with the last value seen. Errors of the
+    `tolerate` kinds count as not yet (add httpx.TransportError to wait out a restarting API)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
         try:
             last = predicate()
-        except ApiError as exc:
+        except tolerate as exc:
             last = exc
         if last and not isinstance(last, Exception):
             return last
