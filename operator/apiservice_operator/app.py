@@ -186,6 +186,9 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     s.watching.client_timeout = 330
     s.watching.connect_timeout = 10
     s.batching.error_delays = [1, 2, 5, 10]
+    # kopf holds each object's events this long to squash a burst (0.1 s by default); our handlers
+    # only queue a name, and our own debounce coalesces: a removed endpoint should show at once
+    s.batching.batch_window = 0.01
     return s
 
 

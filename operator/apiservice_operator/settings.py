@@ -26,7 +26,7 @@ class Settings:
     selector: str = ""
     log_format: str = "text"
     log_level: str = "INFO"
-    debounce: float = 0.05
+    debounce: float = 0.01
     metrics_port: int = 8080
     leader_election: bool = False
     lease_name: str = "apiservice-operator"
