@@ -23,8 +23,8 @@ test: install kube-binaries ## all tests: unit, integration and e2e, against the
 e2e: install kube-binaries ## the e2e suite on the local control plane (E2E_KUBECONFIG=... for another cluster)
 	hack/netns-run $(PYTHON) -m pytest e2e $(PYTEST_ARGS)
 
-e2e-kind: ## the e2e suite on a kind cluster (needs a Docker engine; skips with a reason without one)
-	hack/e2e-kind.sh
+e2e-kind: install ## the e2e suite on a real kind cluster from images built here (root or a Docker engine; else skips with the reason)
+	PYTHON=$(PYTHON) hack/e2e-kind.sh
 
 test-unit: ## the pure core's tests only, no cluster
 	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)

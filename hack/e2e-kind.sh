@@ -1,29 +1,135 @@
 #!/usr/bin/env bash
-# make e2e-kind: a kind cluster from locally built images, the operator as its Deployment, the
+# make e2e-kind: a real kind cluster from locally built images, the operator as its Deployment, the
 # e2e suite with the aggregated test servers as Pods, then the cluster is deleted (also on failure).
-# Without a Docker engine or kind it exits 0 with the reason: nothing here can pull an image.
+#
+# Nothing is pulled from any registry: the engine is Debian's docker.io (hack/docker-engine.sh),
+# kind is built from its Go module (hack/kind/kind.sh), the node image and every image it runs are
+# built here (hack/kind/node-image.sh), the operator and test-server images from the local Debian
+# base (hack/base-image.sh). All of it is cached; a warm run only creates and deletes the cluster.
+# Without a Docker engine it can start (no root, no docker) it exits 0 with the reason.
+#
+#   KIND_NODE_IMAGE=...   use this node image instead of building one
+#   BASE_IMAGE=...        base of the operator and test-server images (default: the local Debian base)
+#   E2E_KIND_KEEP=1       keep the cluster at the end (it is deleted otherwise)
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$REPO"
+PYTHON="${PYTHON:-python3}"
+started=$(date +%s)
 skip() { echo "e2e-kind: SKIPPED: $*" >&2; exit 0; }
+log() { echo "e2e-kind [$(( $(date +%s) - started ))s]: $*" >&2; }
 
-command -v docker >/dev/null 2>&1 || skip "no docker client on this machine (kind runs its nodes as Docker containers)"
-docker info >/dev/null 2>&1 || skip "no Docker engine answers (docker info failed); start one, or see the kind issue's hack/ scripts"
-KIND="${KIND:-$(command -v kind || true)}"
-[[ -n "$KIND" ]] || skip "kind is not installed (go install sigs.k8s.io/kind@v0.33.0)"
-NODE_IMAGE="${KIND_NODE_IMAGE:-}"
-[[ -n "$NODE_IMAGE" ]] || skip "KIND_NODE_IMAGE is not set: no registry is reachable here, so the node image must be built locally first"
-docker image inspect "$NODE_IMAGE" >/dev/null 2>&1 || skip "node image $NODE_IMAGE is not present locally"
+# --- engine ---------------------------------------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+  [[ "$(id -u)" == "0" ]] || {
+    command -v docker >/dev/null 2>&1 \
+      && skip "no Docker engine answers, and starting one (hack/docker-engine.sh) needs root" \
+      || skip "no Docker on this machine, and installing one (hack/docker-engine.sh) needs root"; }
+  hack/docker-engine.sh || skip "no Docker engine could be started here (see the lines above)"
+fi
+command -v go >/dev/null 2>&1 || [[ -n "${KIND:-}" && -n "${KIND_NODE_IMAGE:-}" ]] \
+  || skip "Go is needed to build kind and the node image (or set KIND and KIND_NODE_IMAGE)"
 
-CLUSTER="apiservice-e2e-$$"
-KUBECONFIG_FILE="$(mktemp)"
-trap '"$KIND" delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true; rm -f "$KUBECONFIG_FILE"' EXIT
-"$KIND" create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --kubeconfig "$KUBECONFIG_FILE" --wait 120s
-make -C "$REPO" image
-docker build -f "$REPO/e2e/Dockerfile.testserver" -t apiservice-operator-testserver:0.1.0 "$REPO"
-"$KIND" load docker-image --name "$CLUSTER" apiservice-operator:0.1.0 apiservice-operator-testserver:0.1.0
-KUBECTL="${KUBECTL:-kubectl}"
-"$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" apply -f "$REPO/manifests/namespace.yaml"
-"$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" apply -k "$REPO/manifests"
-"$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" -n apiservice-operator rollout status deploy/apiservice-operator --timeout=180s
-E2E_KUBECONFIG="$KUBECONFIG_FILE" KUBECTL="$KUBECTL" python3 -m pytest "$REPO/e2e" -v
-"$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get nodes,pods -A -o wide
+# --- tools and images (each cached) ---------------------------------------------------------------
+log "kind, kubectl, node image"
+KIND="${KIND:-$(hack/kind/kind.sh | tail -1)}"
+KUBECTL="${KUBECTL:-$(hack/build-kube.sh | tail -1)/kubectl}"
+NODE_IMAGE="${KIND_NODE_IMAGE:-$(hack/kind/node-image.sh | tail -1)}"
+docker image inspect "$NODE_IMAGE" >/dev/null 2>&1 || { echo "e2e-kind: node image $NODE_IMAGE is missing" >&2; exit 1; }
+log "node image $NODE_IMAGE"
+BASE_IMAGE="${BASE_IMAGE:-$(hack/base-image.sh | tail -1)}"
+OPERATOR_IMAGE=apiservice-operator:0.1.0
+TESTSERVER_IMAGE=apiservice-operator-testserver:0.1.0
+log "operator image from $BASE_IMAGE"
+make --no-print-directory image BASE_IMAGE="$BASE_IMAGE" IMAGE="$OPERATOR_IMAGE" >&2
+log "test-server image from $BASE_IMAGE"
+docker build -q --build-arg BASE_IMAGE="$BASE_IMAGE" -f e2e/Dockerfile.testserver -t "$TESTSERVER_IMAGE" . 2>&1 >/dev/null \
+  | grep -vE 'DEPRECATED: The legacy builder|Install the buildx component|docs.docker.com/go/buildx|^$' >&2 || true
+
+# --- the cluster ----------------------------------------------------------------------------------
+CLUSTER="apiservice-e2e-$(date +%s)-$$"
+NODE="$CLUSTER-control-plane"
+WORK="$(mktemp -d)"
+KUBECONFIG_FILE="$WORK/kubeconfig"
+REPORT="$WORK/report.jsonl"
+diagnose() {
+  echo "===== diagnostics (exit $1)"
+  k get nodes,pods -A -o wide || true
+  k -n apiservice-operator describe pods || true
+  k -n apiservice-operator logs -l app.kubernetes.io/name=apiservice-operator --tail=40 --prefix || true
+  k get events -A --sort-by=.lastTimestamp | tail -40 || true
+}
+finish() {
+  local rc=$?
+  if (( rc != 0 )) && [[ -f "$KUBECONFIG_FILE" ]]; then diagnose "$rc" >&2; fi
+  if [[ "${E2E_KIND_KEEP:-}" == "1" ]]; then
+    log "kept cluster $CLUSTER (kubeconfig $KUBECONFIG_FILE); delete it with: $KIND delete cluster --name $CLUSTER"
+  else
+    log "deleting cluster $CLUSTER"
+    "$KIND" delete cluster --name "$CLUSTER" >&2 || true
+    rm -rf "$WORK"
+  fi
+  log "done (exit $rc)"
+  exit $rc
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+k() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+cp hack/kind/cluster.yaml "$WORK/cluster.yaml"
+# Where the host's capability bounding set lacks CAP_SYS_RESOURCE (see hack/docker-engine.sh), the
+# node cannot lower a process's oom_score_adj, and runc in the node fails every Pod ("can't get final
+# child's PID from pipe"): containerd then clamps oom_score_adj to its own, as kind does under userns.
+bnd=$(awk '/^CapBnd/ {print $2}' /proc/self/status)
+if (( (16#$bnd >> 24 & 1) == 0 )); then
+  log "host lacks CAP_SYS_RESOURCE: the node's containerd restricts oom_score_adj"
+  cat >> "$WORK/cluster.yaml" <<'YAML'
+containerdConfigPatches:
+  - |-
+    [plugins."io.containerd.grpc.v1.cri"]
+      restrict_oom_score_adj = true
+YAML
+fi
+log "creating cluster $CLUSTER"
+"$KIND" create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --config "$WORK/cluster.yaml" \
+  --kubeconfig "$KUBECONFIG_FILE" --wait 180s >&2
+log "loading $OPERATOR_IMAGE and $TESTSERVER_IMAGE into the node"
+"$KIND" load docker-image --name "$CLUSTER" "$OPERATOR_IMAGE" "$TESTSERVER_IMAGE" >&2
+log "kubectl apply -k manifests/"
+k apply -k manifests/ >&2
+k -n apiservice-operator rollout status deploy/apiservice-operator --timeout=180s >&2
+
+# --- the suite ------------------------------------------------------------------------------------
+log "e2e suite (E2E_KUBECONFIG=$KUBECONFIG_FILE)"
+suite_rc=0
+E2E_KUBECONFIG="$KUBECONFIG_FILE" KUBECTL="$KUBECTL" E2E_KIND_NODE="$NODE" E2E_REPORT="$REPORT" \
+  "$PYTHON" -m pytest e2e -v -p no:cacheprovider ${PYTEST_ARGS_KIND:-} || suite_rc=$?
+
+# --- what ran, and proof that nothing was pulled --------------------------------------------------
+echo
+echo "===== kubectl get nodes,pods -A -o wide"
+k get nodes,pods -A -o wide
+echo
+echo "===== crictl images on $NODE"
+docker exec "$NODE" crictl images
+echo
+echo "===== the operator's Pods as running: securityContext, user, Lease"
+k -n apiservice-operator get pods -l app.kubernetes.io/name=apiservice-operator \
+  -o jsonpath='{range .items[*]}{.metadata.name}{"\n  pod: "}{.spec.securityContext}{"\n  container: "}{.spec.containers[0].securityContext}{"\n  ready: "}{.status.containerStatuses[0].ready}{"  restarts: "}{.status.containerStatuses[0].restartCount}{"\n"}{end}'
+k -n apiservice-operator get lease apiservice-operator \
+  -o jsonpath='lease holder: {.spec.holderIdentity}  transitions: {.spec.leaseTransitions}{"\n"}'
+echo
+echo "===== measurements"
+cat "$REPORT" 2>/dev/null || echo "(none)"
+echo
+echo "===== image pulls"
+pull_rc=0
+{ k get pods -A -o json; echo; k get events -A -o json; echo; docker exec "$NODE" crictl images -o json; } \
+  | "$PYTHON" hack/kind/pull_check.py || pull_rc=$?
+
+if (( suite_rc == 0 && pull_rc == 0 )); then
+  log "PASSED: e2e suite green on kind, no image pulled"
+else
+  log "FAILED: e2e suite exit $suite_rc, pull check exit $pull_rc"
+  exit 1
+fi

@@ -1,0 +1,178 @@
+"""The operator as it is deployed: the Deployment from manifests/ on a cluster with nodes (make e2e-kind).
+Two replicas Ready through their probes, non-root on a read-only root filesystem, only the Lease holder
+probing and writing, and failover when the leader goes. Skipped on the local control plane (no kubelet).
+
+Measurements go to stdout and, when E2E_REPORT is set, as JSON lines to that file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests import builders
+from tests.cluster.kube import Kube, condition, wait_for
+
+NAMESPACE = "apiservice-operator"
+LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/apiservice-operator"
+OURS = "apiservice-operator.io/Available"
+Cluster = tuple[Kube, Path, Any]
+
+
+def report(name: str, **values: Any) -> None:
+    line = json.dumps({"measurement": name, **values})
+    print(line)
+    if path := os.environ.get("E2E_REPORT"):
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+@pytest.fixture(scope="module")
+def deployed(cluster: Cluster, has_nodes: bool) -> Iterator[Kube]:
+    if not has_nodes:
+        pytest.skip("no nodes: the Deployment runs only on a cluster with a kubelet (make e2e-kind)")
+    kube = cluster[0]
+    if kube.get_or_none(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/apiservice-operator") is None:
+        pytest.skip("the operator's Deployment is not applied (kubectl apply -k manifests/)")
+    yield kube
+
+
+def kubectl(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([os.environ.get("KUBECTL", "kubectl"), f"--kubeconfig={cluster[1]}", *args],
+                          capture_output=True, text=True, check=check, timeout=120)
+
+
+def operator_pods(kube: Kube) -> list[dict[str, Any]]:
+    items = kube.get(f"/api/v1/namespaces/{NAMESPACE}/pods",
+                     labelSelector="app.kubernetes.io/name=apiservice-operator")["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") == "Running" and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
+
+
+def two_ready(kube: Kube) -> list[dict[str, Any]] | None:
+    pods = operator_pods(kube)
+    return pods if len(pods) == 2 and all(ready(p) for p in pods) else None
+
+
+def holder(kube: Kube) -> str:
+    lease = kube.get_or_none(LEASE)
+    return ((lease or {}).get("spec") or {}).get("holderIdentity") or ""
+
+
+def metrics(kube: Kube, pod: str) -> dict[str, float]:
+    """The pod's /metrics through kube-apiserver's pod proxy: unlabelled samples by name."""
+    resp = kube.http.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}:8080/proxy/metrics")
+    resp.raise_for_status()
+    out: dict[str, float] = {}
+    for line in resp.text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.partition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_both_replicas_ready_non_root_read_only(deployed: Kube, cluster: Cluster) -> None:
+    pods = wait_for(lambda: two_ready(deployed), 180, "two Ready operator pods", interval=1)
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        spec = pod["spec"]
+        container = spec["containers"][0]
+        report("security-context", pod=name, pod_security_context=spec.get("securityContext"),
+               container_security_context=container.get("securityContext"))
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        # as running, not only as declared: the process's ids, and a write to / refused
+        probe = ("import os, errno\n"
+                 "try:\n    open('/e2e-write-test', 'w')\n    ro = False\n"
+                 "except OSError as e:\n    ro = e.errno == errno.EROFS\n"
+                 "print(os.getuid(), os.getgid(), ro, open('/proc/1/status').read().split('CapEff:')[1].split()[0])")
+        out = kubectl(cluster, "exec", "-n", NAMESPACE, name, "--", "python3", "-c", probe).stdout.split()
+        report("running-as", pod=name, uid=int(out[0]), gid=int(out[1]), root_fs_read_only=out[2] == "True",
+               pid1_effective_caps=out[3])
+        assert int(out[0]) == 65532 and int(out[1]) == 65532
+        assert out[2] == "True", "the root filesystem accepted a write"
+        assert int(out[3], 16) == 0, "capabilities left after drop: ALL"
+
+
+def test_only_the_leader_probes_and_writes(deployed: Kube, namespace: str) -> None:
+    pods = wait_for(lambda: two_ready(deployed), 180, "two Ready operator pods", interval=1)
+    names = sorted(p["metadata"]["name"] for p in pods)
+    leader = wait_for(lambda: holder(deployed) in names and holder(deployed), 60, "a Lease holder")
+    # something to write about: an APIService whose Service does not exist
+    group = f"{namespace}.e2e.example.com"
+    body = builders.make_apiservice(group, service_namespace=namespace, service_name="missing")
+    deployed.create(Kube.apiservice_path(), body)
+    try:
+        wait_for(lambda: condition(deployed.apiservice(body["metadata"]["name"]), OURS), 60, "our condition")
+        samples = {n: metrics(deployed, n) for n in names}
+    finally:
+        deployed.delete(Kube.apiservice_path(body["metadata"]["name"]))
+    roles = {n: {"leader_metric": s.get("apiservice_operator_leader"),
+                 "status_writes": s.get("apiservice_operator_status_writes_total"),
+                 "probes": s.get("apiservice_operator_probes_total")} for n, s in samples.items()}
+    report("roles", lease_holder=leader, pods=roles)
+    standby = next(n for n in names if n != leader)
+    assert roles[leader]["leader_metric"] == 1 and roles[standby]["leader_metric"] == 0
+    assert (roles[leader]["status_writes"] or 0) > 0
+    assert not roles[standby]["status_writes"] and not roles[standby]["probes"]
+
+
+def crash(cluster: Cluster, pod: dict[str, Any]) -> None:
+    """The leader's node is lost: SIGKILL its operator process on the kind node (docker exec), so the
+    Lease is not released, and force-delete the Pod so that it does not come back under the same
+    identity (a container restarted in place reclaims its own Lease at once)."""
+    node = os.environ["E2E_KIND_NODE"]
+    ids = subprocess.run(["docker", "exec", node, "crictl", "ps", "-q", "--name", "operator",
+                          "--label", f"io.kubernetes.pod.name={pod['metadata']['name']}"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert len(ids) == 1, ids
+    info = json.loads(subprocess.run(["docker", "exec", node, "crictl", "inspect", ids[0]],
+                                     capture_output=True, text=True, check=True).stdout)
+    subprocess.run(["docker", "exec", node, "kill", "-9", str(info["info"]["pid"])], check=True)
+    kubectl(cluster, "delete", "pod", "-n", NAMESPACE, pod["metadata"]["name"], "--grace-period=0", "--force",
+            "--wait=false")
+
+
+@pytest.mark.parametrize("how", ["delete-pod", "crash"])
+def test_failover(how: str, deployed: Kube, cluster: Cluster, namespace: str) -> None:
+    """Time from the leader's end until the other replica holds the Lease, and until a change made at
+    that moment is written by it. delete-pod: SIGTERM, the leader hands the Lease over; crash: SIGKILL
+    and the Pod gone, the Lease has to expire (--lease-duration 15 s)."""
+    if how == "crash" and not os.environ.get("E2E_KIND_NODE"):
+        pytest.skip("crash needs the node's container runtime (E2E_KIND_NODE, set by make e2e-kind)")
+    pods = wait_for(lambda: two_ready(deployed), 180, "two Ready operator pods", interval=1)
+    names = [p["metadata"]["name"] for p in pods]
+    old = wait_for(lambda: holder(deployed) in names and holder(deployed), 60, "a Lease holder")
+    old_pod = next(p for p in pods if p["metadata"]["name"] == old)
+    body = builders.make_apiservice(f"{namespace}-{uuid.uuid4().hex[:4]}.failover.example.com",
+                                    service_namespace=namespace, service_name="missing")
+    name = body["metadata"]["name"]
+    t0 = time.monotonic()
+    if how == "delete-pod":
+        kubectl(cluster, "delete", "pod", "-n", NAMESPACE, old, "--wait=false")
+    else:
+        crash(cluster, old_pod)
+    deployed.create(Kube.apiservice_path(), body)  # a change that only a live leader can write
+    try:
+        new = wait_for(lambda: (h := holder(deployed)) and h != old and h, 120, "a new Lease holder")
+        t_lease = time.monotonic() - t0
+        verdict = wait_for(lambda: condition(deployed.apiservice(name), OURS), 120, "the new leader's write")
+        t_write = time.monotonic() - t0
+    finally:
+        deployed.delete(Kube.apiservice_path(name))
+    report("failover", how=how, old_leader=old, new_leader=new, lease_taken_after_s=round(t_lease, 2),
+           first_write_after_s=round(t_write, 2), reason=verdict.get("reason"))
+    assert verdict["reason"] == "ServiceNotFound"
+    # the Deployment heals: two Ready replicas again (a crashed container restarts in place)
+    wait_for(lambda: two_ready(deployed), 180, "two Ready operator pods again", interval=1)
