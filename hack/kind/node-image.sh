@@ -5,6 +5,7 @@
 # cluster creation pulls nothing.
 #
 #   hack/kind/node-image.sh      build or reuse; prints the node image reference on the last line
+#   KIND_IMAGE_PREFIX=...        name prefix of the images it makes (default apiservice-operator-kind)
 #
 # Cached by content: the tag is a hash of the versions and of every file under hack/kind/, so the
 # image is rebuilt only when one of those changes. Needs root (debootstrap) and a Docker engine.
@@ -22,7 +23,8 @@ inputs_hash() {
   } | sha256sum | cut -c1-12
 }
 HASH="$(inputs_hash)"
-NODE_IMAGE="apiservice-operator-kind-node:$KUBE_VERSION-$HASH"
+PREFIX="${KIND_IMAGE_PREFIX:-apiservice-operator-kind}"   # image names; the tag is the input hash
+NODE_IMAGE="$PREFIX-node:$KUBE_VERSION-$HASH"
 if docker image inspect "$NODE_IMAGE" >/dev/null 2>&1; then
   echo "$NODE_IMAGE"; exit 0
 fi
@@ -71,7 +73,7 @@ quiet_build() {  # docker build without the legacy builder's deprecation notice,
 }
 
 # 2. the base of the component images: Debian minbase with the netfilter tools kube-proxy calls
-IMAGES_BASE="apiservice-operator-kind-imagebase:$SUITE-$HASH"
+IMAGES_BASE="$PREFIX-imagebase:$SUITE-$HASH"
 if ! docker image inspect "$IMAGES_BASE" >/dev/null 2>&1; then
   debootstrap_into "$WORK/imagebase" iptables,nftables,conntrack,ca-certificates
   tar -C "$WORK/imagebase" -c . | docker import \
@@ -161,7 +163,7 @@ install -m 0644 "$HERE/10-kind-ptp.conflist" "$ROOT/etc/cni/net.d/"
 # /usr/bin, the version file
 install -m 0755 -o root -g root "$KUBE_NODE_BIN"/{kubeadm,kubelet} "$KUBE_CP_BIN/kubectl" "$ROOT/usr/bin/"
 printf '%s' "$KUBE_VERSION" > "$ROOT/kind/version"
-NODE_BASE="apiservice-operator-kind-nodebase:$HASH"
+NODE_BASE="$PREFIX-nodebase:$HASH"
 log "importing the root file system"
 tar -C "$ROOT" -c . | docker import - "$NODE_BASE-rootfs" >/dev/null
 rm -rf "$ROOT"
@@ -193,7 +195,7 @@ docker commit \
 docker rmi "$NODE_BASE" >/dev/null 2>&1 || true
 # earlier builds (other input hashes) are superseded
 docker images --format '{{.Repository}}:{{.Tag}}' \
-  | grep -E '^apiservice-operator-kind-(node|imagebase):' | grep -vxF -e "$NODE_IMAGE" -e "$IMAGES_BASE" \
+  | grep -E "^$PREFIX-(node|imagebase):" | grep -vxF -e "$NODE_IMAGE" -e "$IMAGES_BASE" \
   | xargs -r docker rmi >/dev/null 2>&1 || true
 log "built $NODE_IMAGE in $(( $(date +%s) - started )) s"
 echo "$NODE_IMAGE"
