@@ -85,6 +85,7 @@ class Controller:
         self._sweep_started: float | None = None
         # APIServices whose last check probed (not Local, not failed before a probe): they set the pace
         self._probed: set[str] = set()
+        self._phased: set[str] = set()  # given a random phase in the periodic schedule
 
     # --- triggers -------------------------------------------------------------------------------
     def changed_now(self, names: Iterable[str]) -> None:
@@ -96,6 +97,7 @@ class Controller:
         self._written.pop(name, None)
         self._failing.pop(name, None)
         self._probed.discard(name)
+        self._phased.discard(name)
         self.metrics.forget(name)
         self._sweep_done(name)
         task = self._inflight.pop(name, None)
@@ -115,6 +117,13 @@ class Controller:
         failures = self._failing.get(name, 0)
         if failures:
             delay = min(interval, RETRY_BASE * 2 ** (failures - 1))
+        elif name not in self._phased:
+            # the first periodic probe at a random point of the interval: APIServices that arrive
+            # together (start-up, a burst) would otherwise be probed in one burst every interval,
+            # and their shared servers answer a burst slowly (measured: SlowDiscovery and timeouts
+            # flapping at N=1000 where 100 probes/s spread evenly are easy)
+            self._phased.add(name)
+            delay = interval * random.random()
         else:
             delay = interval * (1 - 0.1 * random.random())
         self.queue.schedule(name, delay, urgent=False)

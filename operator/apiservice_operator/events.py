@@ -61,6 +61,7 @@ class EventRecorder:
         self.clock = clock
         # (apiservice, type, reason) -> (event name, count, first seen)
         self._recent: dict[tuple[str, str, str], tuple[str, int, float]] = {}
+        self._expired_at = 0.0
 
     async def record(self, name: str, uid: str | None, spec: EventSpec) -> None:
         if self.credentials.api is None:
@@ -96,5 +97,9 @@ class EventRecorder:
             log.warning("event not recorded name=%s reason=%s status=%s", name, spec.reason, exc.status)
 
     def _expire(self, now: float) -> None:
+        # at most once a minute: a scan per new Event made thousands of transitions quadratic
+        if now - self._expired_at < 60:
+            return
+        self._expired_at = now
         for key in [k for k, v in self._recent.items() if now - v[2] >= AGGREGATION_WINDOW]:
             del self._recent[key]
