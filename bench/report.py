@@ -84,7 +84,8 @@ def write(path: Path, command: str, facts: dict[str, str], samples: Samples, sca
     lines += ["", "## Detection latency (fault to the Available flip, from watch events)", ""]
     lines += latency_table(samples)
     lines += ["", "## Mass hang", "", *hang_table(hangs)]
-    lines += ["", "## Scale (five servers shared by N APIServices; defaults: interval N / 20 per s within 1-10 s, budget 5 s)", ""]
+    lines += ["", "## Scale (five servers shared by N APIServices; defaults: interval N / 20 per s within 1-10 s, "
+              "budget 5 s)", ""]
     lines += scale_table(scale)
     lines += ["", "## Targets", "", *(f"- {t}" for t in targets)]
     profiled = [r for r in scale if r.profile]
