@@ -43,8 +43,10 @@ KIND_FILES="$KIND_SRC/images/base/files"
 WORK="$(mktemp -d)"
 cleanup() {
   [[ -n "${BUILD_CONTAINER:-}" ]] && docker rm -f -v "$BUILD_CONTAINER" >/dev/null 2>&1 || true
+  [[ -n "${NODE_BASE:-}" ]] && docker rmi "$NODE_BASE" >/dev/null 2>&1 || true   # an untag: the node image keeps it
   rm -rf "$WORK"
 }
+LABEL=io.apiservice-operator.kind-build   # on every image this script makes, for pruning old ones
 trap cleanup EXIT
 
 MIRROR="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
@@ -76,7 +78,7 @@ quiet_build() {  # docker build without the legacy builder's deprecation notice,
 IMAGES_BASE="$PREFIX-imagebase:$SUITE-$HASH"
 if ! docker image inspect "$IMAGES_BASE" >/dev/null 2>&1; then
   debootstrap_into "$WORK/imagebase" iptables,nftables,conntrack,ca-certificates
-  tar -C "$WORK/imagebase" -c . | docker import \
+  tar -C "$WORK/imagebase" -c . | docker import --change "LABEL $LABEL=imagebase" \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - "$IMAGES_BASE" >/dev/null
   rm -rf "$WORK/imagebase"
 fi
@@ -92,7 +94,8 @@ mapfile -t REQUIRED < <("$KUBE_NODE_BIN/kubeadm" config images list --kubernetes
 SANDBOX="$(sed -nE 's/^\s*sandbox_image = "([^"]+)".*/\1/p' "$KIND_FILES/etc/containerd/config.toml")"
 [[ -n "$SANDBOX" ]] || { log "no sandbox_image in kind's containerd config"; exit 1; }
 log "kubeadm lists: ${REQUIRED[*]}; kind's sandbox image: $SANDBOX"
-BUILT=()
+BUILT=()   # the references kubeadm and kind expect
+TEMP=()    # what they are called in the engine meanwhile: never a user's registry.k8s.io tag
 for ref in "${REQUIRED[@]}" "$SANDBOX"; do
   name="${ref##*/}"; name="${name%%:*}"
   case "$name" in
@@ -120,11 +123,13 @@ ENTRYPOINT [\"/pause\"]" ;;
   esac
   printf '%s\n' "$body" > "$ctx/Dockerfile.$name"
   log "image $ref"
-  quiet_build -f "$ctx/Dockerfile.$name" -t "$ref" "$ctx"
-  BUILT+=("$ref")
+  temp="$PREFIX-build/${ref#*/}"
+  quiet_build -f "$ctx/Dockerfile.$name" -t "$temp" "$ctx"
+  BUILT+=("$ref"); TEMP+=("$temp")
 done
 log "saving ${#BUILT[@]} images"
-docker save -o "$WORK/images.tar" "${BUILT[@]}"
+docker save -o "$WORK/images.tar" "${TEMP[@]}"
+docker rmi "${TEMP[@]}" >/dev/null
 
 # 4. the node's root file system: kind's base image (images/base/Dockerfile), from Debian packages
 #    and the binaries above. Package list as kind's, without the network-storage test packages.
@@ -168,7 +173,7 @@ log "importing the root file system"
 tar -C "$ROOT" -c . | docker import - "$NODE_BASE-rootfs" >/dev/null
 rm -rf "$ROOT"
 # image metadata as kind's base image sets it (docker import cannot set STOPSIGNAL)
-printf '%s\n' "FROM $NODE_BASE-rootfs" 'ENV container=docker' 'STOPSIGNAL SIGRTMIN+3' \
+printf '%s\n' "FROM $NODE_BASE-rootfs" "LABEL $LABEL=node" 'ENV container=docker' 'STOPSIGNAL SIGRTMIN+3' \
   'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' > "$WORK/Dockerfile.node"
 quiet_build -f "$WORK/Dockerfile.node" -t "$NODE_BASE" "$WORK/images"
 docker rmi "$NODE_BASE-rootfs" >/dev/null 2>&1 || true
@@ -182,6 +187,14 @@ docker exec "$BUILD_CONTAINER" bash -c 'for i in $(seq 1 30); do [ -S /run/conta
 docker exec -i "$BUILD_CONTAINER" ctr --namespace=k8s.io images import --label=io.cri-containerd.pinned=pinned \
   --all-platforms --no-unpack --digests - < "$WORK/images.tar" > "$WORK/import.log" 2>&1 \
   || { cat "$WORK/import.log" >&2; exit 1; }
+# their real names, as kind's build re-tags what it loads (ctr images tag), pinned like kind's
+for i in "${!BUILT[@]}"; do
+  docker exec "$BUILD_CONTAINER" ctr --namespace=k8s.io images tag --force "docker.io/${TEMP[$i]}" "${BUILT[$i]}" >/dev/null
+  docker exec "$BUILD_CONTAINER" ctr --namespace=k8s.io images label "${BUILT[$i]}" io.cri-containerd.pinned=pinned >/dev/null
+done
+for i in "${!BUILT[@]}"; do
+  docker exec "$BUILD_CONTAINER" ctr --namespace=k8s.io images rm "docker.io/${TEMP[$i]}" >/dev/null 2>&1 || true
+done
 have="$(docker exec "$BUILD_CONTAINER" ctr --namespace=k8s.io images list -q)"
 for ref in "${BUILT[@]}"; do
   grep -qxF "$ref" <<<"$have" || { log "$ref is missing after the import"; echo "$have" >&2; exit 1; }
@@ -192,10 +205,14 @@ docker commit \
   --change 'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' \
   --change 'ENV HTTP_PROXY="" HTTPS_PROXY="" NO_PROXY=""' \
   "$BUILD_CONTAINER" "$NODE_IMAGE" >/dev/null
-docker rmi "$NODE_BASE" >/dev/null 2>&1 || true
-# earlier builds (other input hashes) are superseded
-docker images --format '{{.Repository}}:{{.Tag}}' \
-  | grep -E "^$PREFIX-(node|imagebase):" | grep -vxF -e "$NODE_IMAGE" -e "$IMAGES_BASE" \
-  | xargs -r docker rmi >/dev/null 2>&1 || true
+# builds for other inputs older than a day are superseded (not younger ones: another checkout may
+# be using its own right now); an image a container still uses is refused by docker rmi anyway
+cutoff=$(( $(date +%s) - 86400 ))
+docker images --filter "label=$LABEL" --format '{{.Repository}}:{{.Tag}}|{{.CreatedAt}}' \
+  | while IFS='|' read -r ref created; do
+      [[ "$ref" == "$NODE_IMAGE" || "$ref" == "$IMAGES_BASE" || "$ref" == *"<none>"* ]] && continue
+      (( $(date -d "${created% UTC}" +%s 2>/dev/null || echo "$cutoff") < cutoff )) && docker rmi "$ref" >/dev/null 2>&1
+      true
+    done
 log "built $NODE_IMAGE in $(( $(date +%s) - started )) s"
 echo "$NODE_IMAGE"
