@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from apiservice_operator import __version__
@@ -36,6 +38,32 @@ def setup_logging(log_format: str, level: str) -> None:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("kopf.activities").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+EXIT_DEADLINE = 4.0  # seconds from SIGTERM to a forced exit; kubelet's SIGKILL comes later
+
+
+async def _exit_deadline(stop: asyncio.Event) -> None:
+    """Once a stop is asked for, the process ends within EXIT_DEADLINE whatever still runs. Our own
+    stop comes first (probe loop, Lease released; each status write is one apply, never half done),
+    so what could outlast it (a kopf task that does not take its cancellation, a thread the
+    interpreter would wait for at exit) holds nothing of ours."""
+    await stop.wait()
+
+    def force() -> None:
+        try:  # from another thread, best effort: only to say what held the exit up
+            pending = ", ".join(sorted(t.get_name() for t in asyncio.all_tasks(loop) if not t.done()))
+        except RuntimeError:
+            pending = "?"
+        logging.getLogger("apiservice_operator").warning(
+            "forced exit %gs after the stop request; still running: %s", EXIT_DEADLINE, pending or "none")
+        logging.shutdown()
+        os._exit(0)
+
+    loop = asyncio.get_running_loop()
+    timer = threading.Timer(EXIT_DEADLINE, force)
+    timer.daemon = True
+    timer.start()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            await run(settings, stop)
+            watchdog = asyncio.create_task(_exit_deadline(stop), name="exit deadline")
+            try:
+                await run(settings, stop)
+            finally:
+                watchdog.cancel()
 
         asyncio.run(main_run())
         return 0
