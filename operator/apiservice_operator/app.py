@@ -303,6 +303,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 loop.add_signal_handler(sig, stop_requested.set)
 
     async def after_ready() -> None:
+        # kopf installs its handlers after one sleep(0) into its start, and our start-up handler
+        # (capture_indices) may already have run by then: take them back once more when ready
         await ready.wait()
         take_signals_back()
 
@@ -348,9 +350,8 @@ def forget_ghost(kind: resync.Kind, key: resync.Key, watched: resync.Watched, in
     service = watched.objects[kind.name].get(key)
     log.warning("forgetting %s %s: deleted while our watch was down (kopf's re-list keeps it)",
                 kind.name, f"{namespace}/{name}" if namespace else name)
+    # kopf's index key is (namespace, name, uid), read with .get(): None stands for cluster-scoped
     body: Any = {"metadata": {"namespace": namespace, "name": name, "uid": uid}}
-    if namespace is None:
-        del body["metadata"]["namespace"]
     indexers.discard(body)
     watched.deleted(kind, namespace, name, uid)
     if kind is resync.APISERVICES:

@@ -29,17 +29,16 @@ Key = tuple[str | None, str, str]  # namespace (None: cluster-scoped), name, uid
 class Kind:
     name: str  # for logs and metrics
     list_path: str  # cluster-wide
-    namespaced: bool
     object_path: str  # format with namespace and name
 
     def path_of(self, namespace: str | None, name: str) -> str:
         return self.object_path.format(namespace=namespace, name=name)
 
 
-APISERVICES = Kind("apiservices", "/apis/apiregistration.k8s.io/v1/apiservices", False,
+APISERVICES = Kind("apiservices", "/apis/apiregistration.k8s.io/v1/apiservices",
                    "/apis/apiregistration.k8s.io/v1/apiservices/{name}")
-SERVICES = Kind("services", "/api/v1/services", True, "/api/v1/namespaces/{namespace}/services/{name}")
-ENDPOINTSLICES = Kind("endpointslices", "/apis/discovery.k8s.io/v1/endpointslices", True,
+SERVICES = Kind("services", "/api/v1/services", "/api/v1/namespaces/{namespace}/services/{name}")
+ENDPOINTSLICES = Kind("endpointslices", "/apis/discovery.k8s.io/v1/endpointslices",
                       "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices/{name}")
 KINDS = (APISERVICES, SERVICES, ENDPOINTSLICES)
 

@@ -134,12 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | None
 
 
 def from_args(args: argparse.Namespace) -> Settings:
-    return Settings(
-        kubeconfig=args.kubeconfig, probe_timeout=args.probe_timeout, probe_interval=args.probe_interval,
-        min_probe_interval=args.min_probe_interval, max_probe_rate=args.max_probe_rate,
-        concurrency=args.concurrency, condition_prefix=args.condition_prefix, selector=args.selector,
-        log_format=args.log_format, log_level=args.log_level.upper(), debounce=args.debounce,
-        metrics_port=args.metrics_port, leader_election=args.leader_election, lease_name=args.lease_name,
-        lease_namespace=args.lease_namespace, lease_duration=args.lease_duration,
-        events_namespace=args.events_namespace, identity=args.identity, resync_interval=args.resync_interval,
-    )
+    # every flag of _FLAGS is a Settings field of the same name: a new flag needs no line here
+    values = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag, _, _ in _FLAGS}
+    values["log_level"] = values["log_level"].upper()
+    return Settings(kubeconfig=args.kubeconfig, **values)
