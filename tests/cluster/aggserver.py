@@ -254,27 +254,32 @@ class Server:
         await writer.drain()
 
 
-async def serve(args: argparse.Namespace) -> None:
-    server = Server(args)
+async def serve(args: argparse.Namespace, server_class: type[Server] = Server) -> None:
+    server = server_class(args)
     listener = await asyncio.start_server(server.handle, args.address, args.port)
     print(f"READY {args.address}:{args.port} {server.discovery_path}", flush=True)
     async with listener:
         await listener.serve_forever()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, server_class: type[Server] = Server,
+         group_version: tuple[str, str] | None = None) -> None:
+    """group_version: a server class that answers for any group (bench/multigroup.py) takes none."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--address", required=True)
     p.add_argument("--port", type=int, default=8443)
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
-    p.add_argument("--group", required=True, help="API group; empty for the legacy core group")
-    p.add_argument("--version", required=True)
+    if group_version is None:
+        p.add_argument("--group", required=True, help="API group; empty for the legacy core group")
+        p.add_argument("--version", required=True)
+    else:
+        p.set_defaults(group=group_version[0], version=group_version[1])
     p.add_argument("--state", help="JSON file with the current behaviour, re-read per request")
     p.add_argument("--record", help="append one JSON line per request here")
     args = p.parse_args(argv)
     try:
-        asyncio.run(serve(args))
+        asyncio.run(serve(args, server_class))
     except KeyboardInterrupt:
         sys.exit(0)
 

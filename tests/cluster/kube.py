@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -114,8 +115,11 @@ class HasAPIService(Protocol):
     def apiservice(self) -> dict[str, Any]: ...
 
 
-def wait_conditions(api: HasAPIService, want: dict[str, tuple[str, str]], timeout: float) -> dict[str, Any]:
-    """Waits until every condition type in `want` has (status, reason); returns them all."""
+def wait_conditions(api: HasAPIService, want: dict[str, tuple[str, str]], timeout: float,
+                    messages: dict[str, str] | None = None,
+                    tolerate: tuple[type[Exception], ...] = (ApiError,)) -> dict[str, Any]:
+    """Waits until every condition type in `want` has (status, reason) and the message of each type
+    in `messages` matches its regex; returns them all. `tolerate` as in wait_for."""
 
     def found() -> dict[str, Any]:
         obj = api.apiservice()
@@ -124,9 +128,16 @@ def wait_conditions(api: HasAPIService, want: dict[str, tuple[str, str]], timeou
     def check() -> dict[str, Any] | None:
         now = found()
         ok = all(c is not None and (c["status"], c.get("reason")) == want[t] for t, c in now.items())
+        for ctype, regex in (messages or {}).items():
+            ok = ok and bool(re.search(regex, (now.get(ctype) or {}).get("message", "")))
         return now if ok else None
 
+    what = f"{api.name}: {want}" + (f" messages~{messages!r}" if messages else "")
     try:
-        return wait_for(check, timeout, f"{api.name}: {want}", interval=0.1)
+        return wait_for(check, timeout, what, interval=0.1, tolerate=tolerate)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\nnow: {found()!r}") from None
+        try:
+            now: Any = found()
+        except tolerate as error:  # the API itself may be what is down
+            now = error
+        raise AssertionError(f"{exc}\nnow: {now!r}") from None

@@ -35,7 +35,7 @@ import yaml
 from tests.cluster import pki
 from tests.cluster.controlplane import ControlPlane, free_port
 from tests.cluster.harness import SERVER_PORT, AggregatedAPI, ServerProcess, next_address
-from tests.cluster.kube import ApiError, Kube, condition, wait_for
+from tests.cluster.kube import ApiError, Kube, condition, wait_conditions, wait_for
 from tests.cluster.operator import OperatorProcess
 from tests.integration.test_operations import events_of, metric, scrape
 from tests.integration.test_scenarios import OURS, OURS_DEGRADED, OURS_TIMEOUT, THEIRS, THEIRS_TIMEOUT
@@ -181,20 +181,9 @@ def expect(api: AggregatedAPI | Named, want: dict[str, tuple[str, str]], timeout
     """Waits until every condition type in `want` has (status, reason) and, if given, our Available
     message matches the regex `message`. A timeout counts as a stale or lost condition in the tally."""
     TALLY.conditions_checked += 1
-
-    def check() -> dict[str, dict[str, Any]] | None:
-        obj = api.apiservice()
-        found = {t: condition(obj, t) for t in want}
-        for ctype, (status, reason) in want.items():
-            c = found[ctype]
-            if not c or (c["status"], c.get("reason")) != (status, reason):
-                return None
-        if message is not None and not re.search(message, (found.get(OURS) or {}).get("message", "")):
-            return None
-        return found  # type: ignore[return-value]
-
     try:
-        return dict(poll(check, timeout, f"{api.name}: {want} message~{message!r}"))
+        return wait_conditions(api, want, timeout, messages=None if message is None else {OURS: message},
+                               tolerate=(ApiError, httpx.TransportError))
     except AssertionError as exc:
         TALLY.stale_or_lost += 1
         with contextlib.suppress(Exception):
