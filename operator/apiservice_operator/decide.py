@@ -22,6 +22,7 @@ from apiservice_operator.model import (
     Status,
     Verdict,
 )
+from apiservice_operator.path import PathEvidence, PathOutcome, PathResult
 
 MAX_ENDPOINTS_IN_MESSAGE = 10
 # Coarse on purpose: a connection's first probe (TCP + TLS handshake) and the next ones, over the
@@ -63,16 +64,20 @@ def _list_failures(failures: Sequence[ProbeResult]) -> str:
 def _unauthorized_message(plan: ProbePlan, failures: Sequence[ProbeResult]) -> str:
     if plan.insecure_skip_tls_verify:
         hint = ("the APIService sets insecureSkipTLSVerify, so the operator sends no credentials; set "
-                "spec.caBundle so its ServiceAccount token can be sent over verified TLS")
+                "spec.caBundle so the probe identity's token can be sent over verified TLS")
     else:
-        hint = (f"grant the operator's ServiceAccount `get` on the non-resource URL {plan.path} in the "
-                "aggregated server's authorizer (kube-apiserver's system:discovery ClusterRole does this "
-                "where the server delegates authorization)")
-    return f"the aggregated server refused the operator's probe: {_list_failures(failures)}; {hint}"
+        # every authenticated identity may read discovery (system:discovery), the probe identity too:
+        # a refusal points at the server's own authentication or authorization, not at our grants
+        hint = (f"the probe identity may `get` {plan.path} as every authenticated user may (system:discovery), "
+                "so the server's own authentication or authorization fails: check its ClusterRoleBinding to "
+                "system:auth-delegator (its TokenReviews and SubjectAccessReviews); with the path probe on, "
+                "the verdict would say what users get")
+    return f"the aggregated server refused the probe identity: {_list_failures(failures)}; {hint}"
 
 
 def _conclude(resolution: Resolution, probes: Sequence[ProbeResult], budget: float,
-              before: Mapping[str, Condition], types: ConditionTypes) -> tuple[Verdict, Verdict]:
+              before: Mapping[str, Condition], types: ConditionTypes,
+              path: PathEvidence | None) -> tuple[Verdict, Verdict]:
     """(available, degraded) before transition times are applied."""
     if resolution.verdict is not None:
         verdict = resolution.verdict
@@ -82,6 +87,21 @@ def _conclude(resolution: Resolution, probes: Sequence[ProbeResult], budget: flo
 
     plan = resolution.plan
     assert plan is not None, "a resolution has either a verdict or a plan"
+    if path is None:
+        return _conclude_direct(plan, probes, budget, before, types)
+    answering = [r for r in path.results if r.outcome is not PathOutcome.NO_ROUTE]
+    if not answering:
+        # no instance could be asked: the direct probe is all we know, and the message says so
+        available, degraded = _conclude_direct(plan, probes, budget, before, types)
+        why = _list_path(path.results) if path.results else "no kube-apiserver instance is known"
+        note = f"; not checked through kube-apiserver ({why})"
+        return Verdict(available.status, available.reason, available.message + note), degraded
+    return _conclude_path(plan, probes, budget, before, types, path, answering)
+
+
+def _conclude_direct(plan: ProbePlan, probes: Sequence[ProbeResult], budget: float,
+                     before: Mapping[str, Condition], types: ConditionTypes) -> tuple[Verdict, Verdict]:
+    """The verdict from the endpoints alone (the path probe off, or no instance reachable)."""
     total = len(plan.targets)
     passed = [p for p in probes if p.ok]
     failed = [p for p in probes if not p.ok]
@@ -122,6 +142,138 @@ def _conclude(resolution: Resolution, probes: Sequence[ProbeResult], budget: flo
     return available, Verdict(Status.FALSE, "Unavailable", "not available: FailedDiscoveryCheck")
 
 
+def _list_path(results: Sequence[PathResult]) -> str:
+    shown = [r.describe() for r in sorted(results, key=lambda r: r.instance.endpoint)[:MAX_ENDPOINTS_IN_MESSAGE]]
+    more = len(results) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def _via(path: PathEvidence) -> str:
+    return "kube-apiserver instances" if path.via == "instances" else f"kube-apiserver ({path.via})"
+
+
+# kube-aggregator's own check message, when it is all that is left to go by (every request gated)
+_KUBE_REFUSED = re.compile(r"bad status from \S+: 40[13]\b|\b40[13] (Unauthorized|Forbidden)")
+_KUBE_UNREACHABLE = re.compile(
+    r"i/o timeout|deadline exceeded|Client\.Timeout|connection refused|no route to host|"
+    r"network is unreachable|connection reset|dial tcp", re.IGNORECASE)
+
+
+def _ports(plan: ProbePlan) -> str:
+    ports = sorted({t.port for t in plan.targets})
+    return ", ".join(f"TCP {p}" for p in ports)
+
+
+def _conclude_path(plan: ProbePlan, probes: Sequence[ProbeResult], budget: float,
+                   before: Mapping[str, Condition], types: ConditionTypes, path: PathEvidence,
+                   answering: Sequence[PathResult]) -> tuple[Verdict, Verdict]:
+    """DESIGN 9: Available is what a request through kube-apiserver gets; the direct probe and the
+    way each instance fails name the hop that breaks."""
+    total = len(plan.targets)
+    direct_passed = [p for p in probes if p.ok]
+    direct_failed = [p for p in probes if not p.ok]
+    direct_refused = [p for p in direct_failed if p.error is ErrorKind.UNAUTHORIZED]
+    passed = [r for r in answering if r.outcome is PathOutcome.PASSED]
+    failed = [r for r in answering if r.outcome not in (PathOutcome.PASSED, PathOutcome.GATED)]
+    instances = len(answering)
+    via = _via(path)
+    kube_says = f"kube-apiserver's own Available says: {path.kube_message}" if path.kube_message else ""
+    gate_only = all(r.gated_now for r in answering) and not failed
+
+    if passed and not gate_only:
+        latencies = [p.latency for p in direct_passed] or [r.latency for r in passed]
+        bucket = latency_bucket(max(latencies), _previous_bucket(before.get(types.available)))
+        direct = (f" and on {len(direct_passed)}/{total} endpoints in {bucket}" if direct_passed
+                  else f" in {bucket}")
+        available = Verdict(Status.TRUE, "Passed",
+                            f"discovery passed through {len(passed)}/{instances} {via}{direct}")
+        if failed:
+            reason = ("InstanceUnreachable" if all(r.outcome is PathOutcome.UNREACHABLE for r in failed)
+                      else "InstanceFailing")
+            return available, Verdict(
+                Status.TRUE, reason,
+                f"{len(failed)}/{instances} kube-apiserver instances do not get discovery through: "
+                f"{_list_path(failed)}; requests through them fail, and kube-apiserver's shared Available "
+                "condition flips as its instances overwrite each other (kubernetes/kubernetes#111890)")
+        if not direct_passed:
+            return available, Verdict(
+                Status.TRUE, "DirectProbeFailed",
+                f"users are served through kube-apiserver, but the operator's own probe of the endpoints "
+                f"failed: {_list_failures(direct_failed)}")
+        _, degraded = _conclude_direct(plan, probes, budget, before, types)
+        return available, degraded
+
+    def unavailable(reason: str, message: str) -> tuple[Verdict, Verdict]:
+        return Verdict(Status.FALSE, reason, message), Verdict(Status.FALSE, "Unavailable", f"not available: {reason}")
+
+    direct_words = (f"the endpoints answer the operator directly ({len(direct_passed)}/{total} passed)"
+                    if direct_passed else f"directly: {_list_failures(direct_failed)}")
+    server_down = not direct_passed and len(direct_refused) < len(direct_failed)
+    refused = [r for r in failed if r.outcome is PathOutcome.REFUSED]
+    if refused and path.identity_allowed is False:
+        message = (f"kube-apiserver's RBAC does not let the probe identity {path.identity or ''} get {plan.path}: "
+                   "grant `get` on that non-resource URL (the built-in system:discovery ClusterRole does, for "
+                   f"every authenticated user; was it changed?); through {via}: {_list_path(refused)}")
+        return (Verdict(Status.UNKNOWN, "ProbeUnauthorized", message),
+                Verdict(Status.UNKNOWN, "ProbeUnauthorized", "cannot tell: the probe identity may not read discovery"))
+    if server_down:
+        # the server itself fails: kube-apiserver's reason, and our words for each hop
+        through = _list_path(failed) if failed else f"503 for every request; {kube_says}"
+        return unavailable("FailedDiscoveryCheck",
+                           f"failing or missing response from {total - len(direct_passed)}/{total} endpoints: "
+                           f"{_list_failures(direct_failed)}; through {via}: {through}")
+
+    if gate_only:
+        # every instance answers 503 without trying: kube-apiserver's own check fails. What it
+        # met is in its own message, the only evidence left of the hop it cannot pass
+        if _KUBE_REFUSED.search(path.kube_message):
+            refused_words = f"kube-apiserver answers 503 to every request; {kube_says}"
+            return unavailable("FrontProxyNotTrusted", _front_proxy_message(refused_words, direct_words))
+        if _KUBE_UNREACHABLE.search(path.kube_message):
+            return unavailable("ControlPlaneUnreachable", _control_plane_message(
+                plan, f"kube-apiserver answers 503 to every request; {kube_says}", direct_words))
+        return unavailable("FailedDiscoveryCheck",
+                           f"kube-apiserver answers 503 'service unavailable' to every request through {via}"
+                           f"{'; ' + kube_says if kube_says else ''}; {direct_words}")
+
+    if refused:
+        through = f"through {via}: {_list_path(refused)}"
+        if path.kube_status is Status.TRUE:
+            return unavailable("UsersRefused", _users_refused_message(through, direct_refused, direct_words))
+        if direct_passed:
+            return unavailable("FrontProxyNotTrusted", _front_proxy_message(through, direct_words))
+        return unavailable("UsersRefused", _users_refused_message(
+            f"{through}; kube-apiserver's own check is refused too", direct_refused, direct_words))
+    if any(r.outcome is PathOutcome.UNREACHABLE for r in failed):
+        unreachable = [r for r in failed if r.outcome is PathOutcome.UNREACHABLE]
+        return unavailable("ControlPlaneUnreachable", _control_plane_message(
+            plan, f"no kube-apiserver instance gets through: {_list_path(unreachable)}"
+                  f"{'; ' + kube_says if kube_says else ''}", direct_words))
+    return unavailable("FailedDiscoveryCheck", f"through {via}: {_list_path(failed)}; {direct_words}")
+
+
+def _control_plane_message(plan: ProbePlan, through: str, direct_words: str) -> str:
+    return (f"{direct_words}, but {through}. Allow traffic from the control plane (kube-apiserver's hosts) to "
+            f"the Pods on {_ports(plan)}: security groups, firewall rules, NetworkPolicy, konnectivity")
+
+
+def _users_refused_message(through: str, direct_refused: Sequence[ProbeResult], direct_words: str) -> str:
+    direct = f"directly: {_list_failures(direct_refused)}" if direct_refused else direct_words
+    return (f"the server refuses ordinary users: {through}; {direct}. kube-apiserver's own check calls as "
+            "system:kube-aggregator in group system:masters, which such servers always allow, so it cannot "
+            "see this: the server serves only system:masters. Check its ServiceAccount's ClusterRoleBinding to "
+            "system:auth-delegator (its TokenReviews and SubjectAccessReviews) and its RoleBinding to "
+            "extension-apiserver-authentication-reader in kube-system")
+
+
+def _front_proxy_message(through: str, direct_words: str) -> str:
+    return (f"requests forwarded by kube-apiserver are refused ({through}) while {direct_words}: the server does "
+            "not trust kube-apiserver's front-proxy client certificate, so forwarded callers arrive as "
+            "system:anonymous. Check the server's requestheader client CA (the front-proxy CA) and its access to "
+            "the extension-apiserver-authentication ConfigMap in kube-system (a RoleBinding to "
+            "extension-apiserver-authentication-reader)")
+
+
 def decide(
     resolution: Resolution,
     probes: Sequence[ProbeResult],
@@ -129,10 +281,12 @@ def decide(
     now: str,
     types: ConditionTypes,
     budget: float,
+    path: PathEvidence | None = None,
 ) -> tuple[Condition, Condition]:
-    """Our (Available, Degraded) conditions. `now` is RFC 3339; time is never read here."""
+    """Our (Available, Degraded) conditions. `now` is RFC 3339; time is never read here. Without
+    `path` (the path probe off) the verdict rests on the endpoints alone."""
     before = {c.type: c for c in previous}
-    available, degraded = _conclude(resolution, probes, budget, before, types)
+    available, degraded = _conclude(resolution, probes, budget, before, types, path)
 
     def build(ctype: str, verdict: Verdict) -> Condition:
         prior = before.get(ctype)

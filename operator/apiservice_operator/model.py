@@ -79,6 +79,8 @@ class ProbeResult:
     latency: float  # seconds from the start of the probe to the end of the body (or the failure)
     error: ErrorKind | None = None
     detail: str = ""  # human-readable: "connection refused", "HTTP 500", ...
+    status_code: int | None = None  # the HTTP status, where an answer came
+    body: str = ""  # the start of a non-2xx answer's body: whoever refused says why there
 
     def describe(self) -> str:
         return f"{self.target.endpoint}: {self.detail}"

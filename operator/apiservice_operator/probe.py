@@ -18,6 +18,8 @@ from apiservice_operator import __version__
 from apiservice_operator.model import ErrorKind, ProbePlan, ProbeResult, Target
 
 MAX_BODY_BYTES = 1 << 20
+MAX_EXCERPT_BYTES = 4096  # of a non-2xx body, read only to quote who refused and why
+MAX_EXCERPT_CHARS = 300
 MAX_CLIENTS = 1024
 USER_AGENT = f"apiservice-operator/{__version__}"
 
@@ -82,6 +84,18 @@ def validate_document(body: bytes, group_version: str) -> str | None:
     return None
 
 
+def status_message(body: bytes) -> str:
+    """A Status object's message, else the text itself; one line, bounded."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("message"), str):
+        text = document["message"]
+    return " ".join(text.split())[:MAX_EXCERPT_CHARS]
+
+
 class Prober:
     """Holds one HTTP client per (trust, server name), so connections are reused but a connection
     verified for one server name is never reused for another."""
@@ -123,12 +137,25 @@ class Prober:
         results = await asyncio.gather(*(self._probe_one(client, plan, t) for t in plan.targets))
         return list(results)
 
+    @staticmethod
+    async def _excerpt(response: httpx.Response) -> str:
+        """The start of a refusal's or an error's body: kube-apiserver's proxy and the aggregated
+        server say there who refused and why (a Status message, or plain text)."""
+        if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+            return ""
+        head = bytearray()
+        async for chunk in response.aiter_bytes():
+            head += chunk
+            if len(head) >= MAX_EXCERPT_BYTES:
+                break
+        return status_message(bytes(head[:MAX_EXCERPT_BYTES]))
+
     async def _probe_one(self, client: httpx.AsyncClient, plan: ProbePlan, target: Target) -> ProbeResult:
         loop = asyncio.get_running_loop()
         started = loop.time()
 
-        def result(error: ErrorKind | None, detail: str = "") -> ProbeResult:
-            return ProbeResult(target, error is None, loop.time() - started, error, detail or "ok")
+        def result(error: ErrorKind | None, detail: str = "", code: int | None = None, body: str = "") -> ProbeResult:
+            return ProbeResult(target, error is None, loop.time() - started, error, detail or "ok", code, body)
 
         headers = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": USER_AGENT}
         token = None if plan.insecure_skip_tls_verify else self.token_source()
@@ -145,10 +172,13 @@ class Prober:
                 try:
                     code = response.status_code
                     if code in (401, 403):
-                        return result(ErrorKind.UNAUTHORIZED, f"HTTP {code} (the probe's identity was refused)")
+                        words = await self._excerpt(response)
+                        return result(ErrorKind.UNAUTHORIZED, f"HTTP {code} (the probe's identity was refused)",
+                                      code, words)
                     if not 200 <= code < 300:
                         # 3xx fails as in kube-aggregator: it does not follow redirects either
-                        return result(ErrorKind.HTTP_STATUS, f"bad status: {code}")
+                        return result(ErrorKind.HTTP_STATUS, f"bad status: {code}", code,
+                                      await self._excerpt(response))
                     encoding = response.headers.get("content-encoding", "identity").strip().lower()
                     if encoding not in ("", "identity"):
                         # we asked for identity: a compressed body would be inflated before the
@@ -165,7 +195,7 @@ class Prober:
                 finally:
                     await response.aclose()
             problem = validate_document(bytes(body), plan.group_version)
-            return result(ErrorKind.INVALID_DOCUMENT, problem) if problem else result(None)
+            return result(ErrorKind.INVALID_DOCUMENT, problem, code) if problem else result(None, "", code)
         except TimeoutError:
             return result(ErrorKind.TIMEOUT, f"timeout: no complete answer within {self.budget:g}s")
         except httpx.HTTPError as exc:

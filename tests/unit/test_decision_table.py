@@ -140,7 +140,7 @@ ROWS = [
     Row("refused identity: unknown, with what to grant",
         probes={"10.0.0.1:8443": (ErrorKind.UNAUTHORIZED, "HTTP 403 (the probe's identity was refused)")},
         available=("Unknown", "ProbeUnauthorized"), degraded=("Unknown", "ProbeUnauthorized"),
-        message_has=("grant the operator's ServiceAccount `get` on the non-resource URL /apis/demo.example.com/v1",)),
+        message_has=("the probe identity may `get` /apis/demo.example.com/v1 as every authenticated user may",)),
     Row("refused without credentials under insecureSkipTLSVerify",
         apiservice=make_apiservice(insecure_skip_tls_verify=True),
         probes={"10.0.0.1:8443": (ErrorKind.UNAUTHORIZED, "HTTP 401 (the probe's identity was refused)")},

@@ -1,0 +1,149 @@
+"""The user's path, in pure terms: which kube-apiserver instances to ask, what each one's answer
+means, and what is remembered across kube-apiserver's own flips. No I/O here (DESIGN 9).
+
+A request for /apis/<group>/<version> through kube-apiserver is what every user and controller
+makes. kube-aggregator's proxy (handler_proxy.go, v0.37.2) answers it in one of three ways, and
+each says something different about which hop breaks:
+- it forwards the request and relays the aggregated server's answer (2xx, or the server's own
+  401/403/500: the server refused the caller);
+- it tries to forward and fails: 503 with the dial or TLS error as plain text (responder.Error):
+  this instance cannot reach the server;
+- it does not try: 503 "service unavailable", because the APIService's shared `Available`
+  condition is not True (proxyError in ServeHTTP). All instances read that one condition, so the
+  answer says nothing about this instance's own path: we call it gated.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from apiservice_operator.model import ErrorKind, Obj, ProbePlan, ProbeResult, Status, Target
+
+# kube-apiserver maintains this Service's EndpointSlice itself (its lease reconciler): one address
+# per live instance, with no controller-manager needed (verified, DESIGN 9)
+KUBERNETES_SERVICE = ("default", "kubernetes")
+KUBERNETES_SERVER_NAME = "kubernetes.default.svc"
+GATED_BODY = "service unavailable"
+# how long an instance's own last answer stands in for it while kube-apiserver's shared condition
+# gates every request: long enough to bridge the flips of kubernetes/kubernetes#111890 (instances
+# overwrite each other every few seconds), short enough that a stale pass cannot hide an outage
+MEMORY_SECONDS = 120.0
+
+
+class PathOutcome(enum.StrEnum):
+    PASSED = "passed"
+    GATED = "gated"  # 503 "service unavailable": kube-apiserver's own condition says unavailable
+    UNREACHABLE = "unreachable"  # the instance could not reach the server (or got no answer in time)
+    REFUSED = "refused"  # the server refused the forwarded request (401/403, or 500 naming a forbidden review)
+    SERVER_ERROR = "server_error"  # another error status relayed from the server
+    INVALID = "invalid"  # a 2xx whose body is not the discovery document
+    NO_ROUTE = "no_route"  # the operator could not reach this instance: no evidence about the API
+
+
+@dataclass(frozen=True)
+class PathResult:
+    instance: Target
+    outcome: PathOutcome
+    detail: str
+    latency: float = 0.0
+    gated_now: bool = False  # this probe met kube-apiserver's gate (the outcome may be remembered)
+    remembered: bool = False  # the outcome is this instance's last own answer, not this probe's
+
+    def describe(self) -> str:
+        return f"{self.instance.endpoint}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class PathEvidence:
+    """What the path probe found, for the pure decision."""
+
+    via: str  # "instances", or "kubeconfig server https://..." where instances cannot be reached
+    results: tuple[PathResult, ...]
+    identity: str = ""  # the probe identity's name, for messages
+    identity_allowed: bool | None = None  # may kube-apiserver's RBAC let it read this path (None: not asked)
+    kube_status: Status | None = None  # kube-apiserver's own Available on the APIService
+    kube_message: str = ""
+
+
+def resolve_instances(slices: Iterable[Obj], pick: Sequence[str] = ()) -> tuple[Target, ...]:
+    """Every ready kube-apiserver address with its `https` port, from Service default/kubernetes's
+    EndpointSlices; `pick` (host:port) narrows them (--path-probe-instances)."""
+    targets: set[Target] = set()
+    for endpoint_slice in slices:
+        port = next((p.get("port") for p in endpoint_slice.get("ports") or []
+                     if p.get("name") == "https" and p.get("port")), None)
+        if port is None:
+            continue
+        for endpoint in endpoint_slice.get("endpoints") or []:
+            ready = (endpoint.get("conditions") or {}).get("ready")
+            addresses = endpoint.get("addresses") or []
+            if (ready is None or ready) and addresses:
+                targets.add(Target(addresses[0], int(port)))
+    chosen = sorted(targets, key=lambda t: (t.host, t.port))
+    if pick:
+        chosen = [t for t in chosen if t.endpoint in pick]
+    return tuple(chosen)
+
+
+def path_plan(plan: ProbePlan, instances: Sequence[Target], cluster_ca: bytes | None,
+              server_name: str = KUBERNETES_SERVER_NAME) -> ProbePlan:
+    """The same discovery request, sent to kube-apiserver instead of the endpoints, verified
+    against the cluster's CA."""
+    return ProbePlan(targets=tuple(instances), path=plan.path, group_version=plan.group_version,
+                     server_name=server_name, ca_bundle=cluster_ca, insecure_skip_tls_verify=False)
+
+
+_REVIEW_WORDS = ("subjectaccessreview", "tokenreview", "forbidden")
+
+
+def classify(result: ProbeResult) -> PathResult:
+    """One instance's answer -> what it says about the path."""
+    def out(outcome: PathOutcome, detail: str) -> PathResult:
+        return PathResult(result.target, outcome, detail, result.latency, gated_now=outcome is PathOutcome.GATED)
+
+    words = f": {result.body}" if result.body else ""
+    if result.ok:
+        return out(PathOutcome.PASSED, "ok")
+    code = result.status_code
+    if result.error is ErrorKind.TIMEOUT:
+        return out(PathOutcome.UNREACHABLE, result.detail)
+    if code == 503:
+        if result.body.strip().lower() == GATED_BODY:
+            return out(PathOutcome.GATED, "503 service unavailable (kube-apiserver's own Available is not True)")
+        return out(PathOutcome.UNREACHABLE, f"503{words}")
+    if code in (401, 403):
+        return out(PathOutcome.REFUSED, f"{code}{words}")
+    if code is not None and code >= 500 and any(w in result.body.lower() for w in _REVIEW_WORDS):
+        # a server built on k8s.io/apiserver answers 500 when its own TokenReview or
+        # SubjectAccessReview is forbidden: it cannot tell who the caller is or what they may do
+        return out(PathOutcome.REFUSED, f"{code}{words}")
+    if code is not None and result.error is ErrorKind.INVALID_DOCUMENT:
+        return out(PathOutcome.INVALID, result.detail)
+    if code is not None:
+        return out(PathOutcome.SERVER_ERROR, f"{code}{words}")
+    # no HTTP answer at all: the instance itself was not reached (refused, reset, TLS to it)
+    return out(PathOutcome.NO_ROUTE, result.detail)
+
+
+Memory = Mapping[Target, tuple[PathResult, float]]
+
+
+def remember(memory: Memory, fresh: Sequence[PathResult], now: float,
+             keep: float = MEMORY_SECONDS) -> tuple[tuple[PathResult, ...], dict[Target, tuple[PathResult, float]]]:
+    """A gated answer is replaced by that instance's own last answer, if it has one young enough.
+    Returns (the results to decide on, the memory to keep). `now` is monotonic seconds."""
+    kept = {t: (r, at) for t, (r, at) in memory.items() if now - at <= keep}
+    merged: list[PathResult] = []
+    for result in fresh:
+        if result.outcome is PathOutcome.GATED:
+            prior = kept.get(result.instance)
+            if prior is not None:
+                merged.append(replace(prior[0], gated_now=True, remembered=True, latency=result.latency))
+                continue
+        elif result.outcome is not PathOutcome.NO_ROUTE:
+            kept[result.instance] = (result, now)
+        merged.append(result)
+    live = {r.instance for r in fresh}
+    return tuple(merged), {t: v for t, v in kept.items() if t in live}

@@ -1,0 +1,224 @@
+"""The user's path (DESIGN 9), table-tested: what each kube-apiserver instance's answer means, and
+which verdict the endpoints' and the instances' answers together make. Plain data, no cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from apiservice_operator.decide import decide
+from apiservice_operator.model import ConditionTypes, ErrorKind, ProbePlan, ProbeResult, Resolution, Status, Target
+from apiservice_operator.path import (
+    PathEvidence,
+    PathOutcome,
+    PathResult,
+    classify,
+    path_plan,
+    remember,
+    resolve_instances,
+)
+
+TYPES = ConditionTypes()
+NOW = "2026-01-01T12:00:00Z"
+BUDGET = 5.0
+EP = Target("10.0.0.1", 8443)
+I1, I2 = Target("10.250.0.2", 6443), Target("10.250.0.3", 6443)
+PLAN = ProbePlan(targets=(EP,), path="/apis/demo.example.com/v1", group_version="demo.example.com/v1",
+                 server_name="demo.default.svc", ca_bundle=None, insecure_skip_tls_verify=False)
+DIAL = "dial tcp 10.0.0.1:8443: i/o timeout"
+KUBE_TIMEOUT = f'failing or missing response from https://10.0.0.1:8443/apis/demo.example.com/v1: Get "...": {DIAL}'
+KUBE_403 = ("failing or missing response from https://10.0.0.1:8443/apis/demo.example.com/v1: bad status from "
+            "https://10.0.0.1:8443/apis/demo.example.com/v1: 403")
+SAR_FORBIDDEN = ('Internal Server Error: "/apis/demo.example.com/v1": subjectaccessreviews.authorization.k8s.io is '
+                 'forbidden: User "system:serviceaccount:wardle:apiserver" cannot create resource')
+
+
+def ok(target: Target, latency: float = 0.02) -> ProbeResult:
+    return ProbeResult(target, True, latency, None, "ok", 200)
+
+
+def answer(target: Target, code: int, body: str = "") -> ProbeResult:
+    kind = ErrorKind.UNAUTHORIZED if code in (401, 403) else ErrorKind.HTTP_STATUS
+    return ProbeResult(target, False, 0.01, kind, f"bad status: {code}", code, body)
+
+
+def timeout(target: Target) -> ProbeResult:
+    return ProbeResult(target, False, 5.0, ErrorKind.TIMEOUT, "timeout: no complete answer within 5s")
+
+
+def refused(target: Target) -> ProbeResult:
+    return ProbeResult(target, False, 0.01, ErrorKind.REFUSED, "connection refused")
+
+
+GATED = "service unavailable\n"
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    direct: list[ProbeResult]
+    through: list[ProbeResult]
+    available: tuple[str, str]
+    degraded: tuple[str, str]
+    kube: tuple[Status | None, str] = (Status.TRUE, "all checks passed")
+    identity_allowed: bool | None = True
+    available_has: tuple[str, ...] = ()
+    degraded_has: tuple[str, ...] = ()
+    memory: dict[Target, PathResult] = field(default_factory=dict)
+
+
+ROWS = [
+    Row("every instance and endpoint passes", [ok(EP)], [ok(I1), ok(I2)], ("True", "Passed"),
+        ("False", "AsExpected"), available_has=("through 2/2 kube-apiserver instances and on 1/1 endpoints in <1s",)),
+    Row("control plane cut from the Pods: every instance times out, endpoints answer", [ok(EP)],
+        [timeout(I1), timeout(I2)], ("False", "ControlPlaneUnreachable"), ("False", "Unavailable"),
+        kube=(Status.FALSE, KUBE_TIMEOUT),
+        available_has=("10.250.0.2:6443: timeout", "10.250.0.3:6443: timeout", "answer the operator directly (1/1",
+                       "Allow traffic from the control plane", "on TCP 8443")),
+    Row("control plane cut: the proxy's own dial error", [ok(EP)], [answer(I1, 503, f"Error trying to reach: {DIAL}")],
+        ("False", "ControlPlaneUnreachable"), ("False", "Unavailable"), available_has=(DIAL,)),
+    Row("control plane cut, seen only through kube-apiserver's gate and its own message", [ok(EP)],
+        [answer(I1, 503, GATED), answer(I2, 503, GATED)], ("False", "ControlPlaneUnreachable"),
+        ("False", "Unavailable"), kube=(Status.FALSE, KUBE_TIMEOUT),
+        available_has=("503 to every request", DIAL)),
+    Row("one of two instances cut: degraded, naming it", [ok(EP)], [timeout(I1), ok(I2)], ("True", "Passed"),
+        ("True", "InstanceUnreachable"), available_has=("through 1/2 kube-apiserver instances",),
+        degraded_has=("10.250.0.2:6443: timeout", "kubernetes/kubernetes#111890")),
+    Row("one of two cut while kube-apiserver's condition gates both: each instance's last own answer stands",
+        [ok(EP)], [answer(I1, 503, GATED), answer(I2, 503, GATED)], ("True", "Passed"),
+        ("True", "InstanceUnreachable"), kube=(Status.FALSE, KUBE_TIMEOUT),
+        memory={I1: PathResult(I1, PathOutcome.UNREACHABLE, "timeout: no complete answer within 5s"),
+                I2: PathResult(I2, PathOutcome.PASSED, "ok")},
+        degraded_has=("10.250.0.2:6443: timeout",)),
+    Row("gated everywhere though every instance last passed: users get 503, so not available", [ok(EP)],
+        [answer(I1, 503, GATED), answer(I2, 503, GATED)], ("False", "FailedDiscoveryCheck"),
+        ("False", "Unavailable"), kube=(Status.FALSE, "failing or missing response from x: bad status: 500"),
+        memory={I1: PathResult(I1, PathOutcome.PASSED, "ok"), I2: PathResult(I2, PathOutcome.PASSED, "ok")},
+        available_has=("503 'service unavailable' to every request", "bad status: 500")),
+    Row("server refuses ordinary users while kube-apiserver's own check passes (auth-delegator gone)",
+        [answer(EP, 401, "Unauthorized")], [answer(I1, 500, SAR_FORBIDDEN)], ("False", "UsersRefused"),
+        ("False", "Unavailable"),
+        available_has=("subjectaccessreviews", "10.0.0.1:8443: bad status: 401", "system:masters",
+                       "system:auth-delegator", "extension-apiserver-authentication-reader")),
+    Row("server refuses ordinary users with 403", [answer(EP, 403, "forbidden")],
+        [answer(I1, 403, 'forbidden: User "system:serviceaccount:x:probe" cannot get path')],
+        ("False", "UsersRefused"), ("False", "Unavailable")),
+    Row("front proxy not trusted: forwarded requests refused, the same identity served directly", [ok(EP)],
+        [answer(I1, 403, 'forbidden: User "system:anonymous" cannot get path "/apis/demo.example.com/v1"')],
+        ("False", "FrontProxyNotTrusted"), ("False", "Unavailable"), kube=(Status.FALSE, KUBE_403),
+        available_has=("system:anonymous", "requestheader client CA", "extension-apiserver-authentication")),
+    Row("front proxy not trusted, seen only through the gate and kube-apiserver's 403", [ok(EP)],
+        [answer(I1, 503, GATED)], ("False", "FrontProxyNotTrusted"), ("False", "Unavailable"),
+        kube=(Status.FALSE, KUBE_403), available_has=(": 403",)),
+    Row("kube-apiserver's RBAC denies the probe identity discovery: Unknown, naming the grant", [ok(EP)],
+        [answer(I1, 403, 'forbidden: User "system:serviceaccount:x:probe" cannot get path')],
+        ("Unknown", "ProbeUnauthorized"), ("Unknown", "ProbeUnauthorized"), identity_allowed=False,
+        available_has=("RBAC does not let the probe identity", "system:discovery")),
+    Row("the server itself is down: kube-apiserver's reason", [refused(EP)],
+        [answer(I1, 503, "Error trying to reach service: dial tcp 10.0.0.1:8443: connect: connection refused")],
+        ("False", "FailedDiscoveryCheck"), ("False", "Unavailable"),
+        available_has=("10.0.0.1:8443: connection refused", "through kube-apiserver instances")),
+    Row("the server down and every request gated", [timeout(EP)], [answer(I1, 503, GATED)],
+        ("False", "FailedDiscoveryCheck"), ("False", "Unavailable"), kube=(Status.FALSE, KUBE_TIMEOUT),
+        available_has=("10.0.0.1:8443: timeout", "503 for every request")),
+    Row("the operator cannot reach any instance: the endpoints decide, and the message says so", [ok(EP)],
+        [refused(I1)], ("True", "Passed"), ("False", "AsExpected"),
+        available_has=("passed on 1/1 endpoints", "not checked through kube-apiserver (10.250.0.2:6443: connection")),
+    Row("no instance known at all", [ok(EP)], [], ("True", "Passed"), ("False", "AsExpected"),
+        available_has=("no kube-apiserver instance is known",)),
+    Row("users are served, the operator's own probe of the endpoints fails", [timeout(EP)], [ok(I1)],
+        ("True", "Passed"), ("True", "DirectProbeFailed"), available_has=("through 1/1 kube-apiserver instances in",),
+        degraded_has=("10.0.0.1:8443: timeout",)),
+    Row("a wrong document through kube-apiserver while the endpoints pass", [ok(EP)],
+        [ProbeResult(I1, False, 0.01, ErrorKind.INVALID_DOCUMENT, "InvalidDiscoveryDocument: kind is 'Status'", 200)],
+        ("False", "FailedDiscoveryCheck"), ("False", "Unavailable"), available_has=("InvalidDiscoveryDocument",)),
+]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_user_path_decides_the_verdict(row: Row) -> None:
+    fresh = [classify(r) for r in row.through]
+    results, _ = remember({t: (r, 0.0) for t, r in row.memory.items()}, fresh, now=1.0)
+    evidence = PathEvidence(via="instances", results=results, identity="apiservice-operator/probe",
+                            identity_allowed=row.identity_allowed, kube_status=row.kube[0], kube_message=row.kube[1])
+    available, degraded = decide(Resolution(plan=PLAN), row.direct, [], NOW, TYPES, BUDGET, evidence)
+    assert (str(available.status), available.reason) == row.available, available.message
+    assert (str(degraded.status), degraded.reason) == row.degraded, degraded.message
+    for part in row.available_has:
+        assert part in available.message
+    for part in row.degraded_has:
+        assert part in degraded.message
+
+
+def test_one_cut_instance_keeps_the_same_verdict_while_kube_apiserver_flips() -> None:
+    """kube-apiserver's two instances overwrite its shared condition (kubernetes/kubernetes#111890):
+    our conditions must not move as it does."""
+    memory: dict[Target, tuple[PathResult, float]] = {}
+    seen = set()
+    rounds = [[timeout(I1), ok(I2)], [answer(I1, 503, GATED), answer(I2, 503, GATED)]] * 5
+    for now, through in enumerate(rounds):
+        results, memory = remember(memory, [classify(r) for r in through], now=float(now))
+        evidence = PathEvidence(via="instances", results=results, kube_status=Status.TRUE)
+        available, degraded = decide(Resolution(plan=PLAN), [ok(EP)], [], NOW, TYPES, BUDGET, evidence)
+        seen.add((available.status, available.reason, degraded.status, degraded.reason, degraded.message))
+    assert len(seen) == 1, seen
+
+
+@pytest.mark.parametrize(("result", "outcome"), [
+    (ok(I1), PathOutcome.PASSED),
+    (answer(I1, 503, GATED), PathOutcome.GATED),
+    (answer(I1, 503, f"Error trying to reach service: {DIAL}"), PathOutcome.UNREACHABLE),
+    (timeout(I1), PathOutcome.UNREACHABLE),
+    (answer(I1, 401, "Unauthorized"), PathOutcome.REFUSED),
+    (answer(I1, 403, "forbidden"), PathOutcome.REFUSED),
+    (answer(I1, 500, SAR_FORBIDDEN), PathOutcome.REFUSED),
+    (answer(I1, 500, "boom"), PathOutcome.SERVER_ERROR),
+    (ProbeResult(I1, False, 0.01, ErrorKind.INVALID_DOCUMENT, "InvalidDiscoveryDocument", 200), PathOutcome.INVALID),
+    (refused(I1), PathOutcome.NO_ROUTE),
+    (ProbeResult(I1, False, 0.01, ErrorKind.TLS, "tls: certificate verify failed"), PathOutcome.NO_ROUTE),
+], ids=["2xx", "gate", "proxy-dial-error", "timeout", "401", "403", "500-review-forbidden", "500", "invalid",
+        "instance-refused", "instance-tls"])
+def test_classify_reads_who_answered(result: ProbeResult, outcome: PathOutcome) -> None:
+    assert classify(result).outcome is outcome
+
+
+def test_remember_replaces_a_gated_answer_with_the_instances_last_own_answer() -> None:
+    last = PathResult(I1, PathOutcome.UNREACHABLE, "timeout")
+    merged, memory = remember({I1: (last, 10.0)}, [classify(answer(I1, 503, GATED))], now=20.0)
+    assert merged[0].outcome is PathOutcome.UNREACHABLE and merged[0].remembered and merged[0].gated_now
+    assert memory[I1] == (last, 10.0)  # a gated answer is no new evidence
+
+
+def test_remember_forgets_what_is_too_old() -> None:
+    last = PathResult(I1, PathOutcome.PASSED, "ok")
+    merged, memory = remember({I1: (last, 0.0)}, [classify(answer(I1, 503, GATED))], now=121.0)
+    assert merged[0].outcome is PathOutcome.GATED and not memory
+
+
+def test_remember_keeps_no_route_out_and_drops_instances_that_left() -> None:
+    passed = PathResult(I1, PathOutcome.PASSED, "ok")
+    merged, memory = remember({I1: (passed, 0.0), I2: (passed, 0.0)}, [classify(refused(I1))], now=1.0)
+    assert merged[0].outcome is PathOutcome.NO_ROUTE
+    assert set(memory) == {I1} and memory[I1] == (passed, 0.0)
+
+
+def _slice(endpoints: list[dict[str, object]], port_name: str = "https", port: int = 6443) -> dict[str, object]:
+    return {"ports": [{"name": port_name, "port": port}], "endpoints": endpoints}
+
+
+def test_resolve_instances_reads_the_kubernetes_services_slices() -> None:
+    slices = [_slice([{"addresses": ["10.250.0.3"]}, {"addresses": ["10.250.0.2"], "conditions": {"ready": True}},
+                      {"addresses": ["10.250.0.9"], "conditions": {"ready": False}}]),
+              _slice([{"addresses": ["10.250.0.8"]}], port_name="other")]
+    assert resolve_instances(slices) == (I1, Target("10.250.0.3", 6443))
+    assert resolve_instances(slices, pick=["10.250.0.3:6443"]) == (Target("10.250.0.3", 6443),)
+    assert resolve_instances([]) == ()
+
+
+def test_path_plan_asks_kube_apiserver_for_the_same_document_over_verified_tls() -> None:
+    insecure = ProbePlan(targets=(EP,), path="/api/v1", group_version="v1", server_name="demo.default.svc",
+                         ca_bundle=None, insecure_skip_tls_verify=True)
+    plan = path_plan(insecure, [I1], b"CA")
+    assert (plan.targets, plan.path, plan.group_version) == ((I1,), "/api/v1", "v1")
+    assert (plan.server_name, plan.ca_bundle, plan.insecure_skip_tls_verify) == ("kubernetes.default.svc", b"CA", False)
