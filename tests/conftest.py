@@ -30,6 +30,7 @@ def _in_test_netns() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: "run_last" in item.keywords)  # stable: the others keep their order
     if _in_test_netns():
         return
     reason = "needs the local control plane's network namespace: run `make test` (hack/netns-run)"
@@ -108,7 +109,7 @@ def operator_kubeconfig(control_plane: ControlPlane, tmp_path_factory: pytest.Te
 
 
 # Short interval so periodic re-probes show up within a test; the budget stays the real 5 s.
-OPERATOR_ARGS = ["--probe-interval", "2", "--resync-interval", "3", "--log-level", "DEBUG"]
+OPERATOR_ARGS = ["--probe-interval", "2", "--resync-interval", "3", "--log-level", "DEBUG", "--path-probe", "instances"]
 
 
 @pytest.fixture(scope="session")

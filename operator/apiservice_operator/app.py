@@ -4,11 +4,13 @@ and our probe loop as a task of our own. DESIGN 8 says why each choice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,16 +23,19 @@ from apiservice_operator.controller import Controller
 from apiservice_operator.events import EventRecorder
 from apiservice_operator.health import HealthState
 from apiservice_operator.health import serve as serve_health
+from apiservice_operator.identity import ProbeIdentity
 from apiservice_operator.kubeapi import Credentials, write_conditions
 from apiservice_operator.leader import LeaderElector
 from apiservice_operator.metrics import Metrics
 from apiservice_operator.model import Condition, Obj
+from apiservice_operator.pathcheck import ClusterAccess, PathChecker, effective_mode
 from apiservice_operator.permissions import Permission, missing_permissions, needed
 from apiservice_operator.probe import Prober
 from apiservice_operator.settings import Settings
 
 log = logging.getLogger("apiservice_operator")
 KOPF_STOP_GRACE = 1.0  # seconds kopf gets to end its watches before they are cancelled
+IDENTITY_WAIT = 10.0  # seconds the first probes wait for the probe identity's first token
 
 # Full group, version and plural: without a group kopf scans every API group at start-up, and a
 # broken aggregated API (what we watch for) would then stall our own start.
@@ -70,8 +75,9 @@ class IndexInputs:
 
 def _project_apiservice(body: kopf.Body, settings: Settings) -> Obj:
     """Keep only what the decision needs: memory stays flat at thousands of APIServices."""
+    # ours, and kube-apiserver's own Available: the user's-path decision quotes it as evidence
     conditions = [dict(c) for c in (body.get("status") or {}).get("conditions") or []
-                  if c.get("type") in settings.types.all]
+                  if c.get("type") in settings.types.all or c.get("type") == "Available"]
     meta = body.get("metadata") or {}
     return {
         "metadata": {"name": meta.get("name"), "uid": meta.get("uid"), "generation": meta.get("generation"),
@@ -195,19 +201,54 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     return s
 
 
+def probe_identity(settings: Settings, credentials: Credentials) -> ProbeIdentity | None:
+    value = settings.probe_service_account.strip()
+    if value.lower() == "none":
+        return None
+    namespace, _, name = value.rpartition("/")
+    return ProbeIdentity(credentials, namespace or default_operator_namespace(), name)
+
+
+def path_checker(settings: Settings, credentials: Credentials, inputs: IndexInputs, prober: Prober,
+                 identity: ProbeIdentity | None) -> PathChecker | None:
+    configuration = credentials.configuration
+    assert configuration is not None
+    ca = None
+    if configuration.ssl_ca_cert:
+        with open(configuration.ssl_ca_cert, "rb") as f:
+            ca = f.read()
+    access = ClusterAccess(server=str(configuration.host), ca=ca, in_cluster=settings.kubeconfig is None)
+    mode = effective_mode(settings.path_probe, access)
+    if mode == "off":
+        return None
+    log.info("path probe: through %s", "each kube-apiserver instance" if mode == "instances" else access.server)
+    return PathChecker(mode=mode, access=access, slices=inputs, probe=prober.probe_discovery, identity=identity,
+                       clock=time.monotonic, pick=settings.picked_instances)
+
+
 def default_identity() -> str:
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def default_lease_namespace() -> str:
+    return _pod_namespace() or "default"
+
+
+def default_operator_namespace() -> str:
+    """Where the probe identity lives by default: the pod's namespace, or the manifests' one when
+    the operator runs outside the cluster."""
+    return _pod_namespace() or "apiservice-operator"
+
+
+def _pod_namespace() -> str | None:
     namespace = os.environ.get("POD_NAMESPACE")
     if namespace:
         return namespace
     try:
         with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace", encoding="utf-8") as f:
-            return f.read().strip() or "default"
+            return f.read().strip() or None
     except OSError:
-        return "default"
+        return None
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -215,7 +256,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     lease_namespace = settings.lease_namespace or default_lease_namespace()
     credentials = Credentials(settings.kubeconfig)
     await credentials.load()
-    prober = Prober(settings.probe_timeout, credentials.current_token)
+    prober_id = probe_identity(settings, credentials)
+    # the operator's own token never leaves for an aggregated server: only the probe identity's
+    prober = Prober(settings.probe_timeout, prober_id.token if prober_id else lambda: None)
     inputs = IndexInputs()
     metrics = Metrics()
     health = HealthState(leader_election=settings.leader_election)
@@ -225,7 +268,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         return await write_conditions(credentials, name, conditions)
 
     controller = Controller(settings=settings, inputs=inputs, probe=prober.probe_discovery, write=write,
-                            metrics=metrics, record_event=recorder.record)
+                            metrics=metrics, record_event=recorder.record,
+                            path=path_checker(settings, credentials, inputs, prober, prober_id))
     health.problems = controller.problems
     controller_box = {"controller": controller}
     watched = resync.Watched()
@@ -245,7 +289,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             credentials, lease_namespace, settings.lease_name, identity,
             lease_duration=settings.lease_duration, renew_deadline=settings.lease_duration * 2 / 3,
             retry_period=max(0.5, settings.lease_duration / 7.5))
-    perms = needed(settings.events_namespace, lease_namespace if elector else None, settings.lease_name)
+    perms = needed(settings.events_namespace, lease_namespace if elector else None, settings.lease_name,
+                   (prober_id.namespace, prober_id.name) if prober_id else None)
 
     ready = asyncio.Event()
     stop_requested = stop or asyncio.Event()
@@ -256,8 +301,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     background = [
         asyncio.create_task(_heartbeat(health), name="heartbeat"),
         asyncio.create_task(_check_permissions(credentials, perms, controller.problems), name="permissions"),
-        asyncio.create_task(_probe_loop(controller, ready, credentials, elector, health, metrics), name="probe loop"),
+        asyncio.create_task(_probe_loop(controller, ready, elector, health, metrics, prober_id), name="probe loop"),
     ]
+    if prober_id is not None:
+        background.append(asyncio.create_task(prober_id.run(), name="probe identity"))
     if settings.resync_interval > 0:
         background.append(asyncio.create_task(
             _resync_loop(settings.resync_interval, ready, credentials, watched, indexers, inputs, controller),
@@ -389,9 +436,14 @@ async def _check_permissions(credentials: Credentials, perms: list[Permission], 
         await asyncio.sleep(60 if not missing else 10)
 
 
-async def _probe_loop(controller: Controller, ready: asyncio.Event, credentials: Credentials,
-                      elector: LeaderElector | None, health: HealthState, metrics: Metrics) -> None:
+async def _probe_loop(controller: Controller, ready: asyncio.Event, elector: LeaderElector | None,
+                      health: HealthState, metrics: Metrics, identity: ProbeIdentity | None) -> None:
     await ready.wait()
+    if identity is not None:
+        # probes sent before the first token would go anonymous and read as refusals
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(IDENTITY_WAIT):
+                await identity.tried.wait()
     while True:
         if elector is not None:
             metrics.leader.set(0)
@@ -406,7 +458,10 @@ async def _probe_loop(controller: Controller, ready: asyncio.Event, credentials:
             while not runner.done() and not lost.done():
                 # a safety net behind the event-driven schedule: anything indexed but not queued gets queued
                 controller.schedule_all()
-                await credentials.refresh_token()
+                if identity is not None and identity.problem:
+                    controller.problems["probe-identity"] = identity.problem
+                else:
+                    controller.problems.pop("probe-identity", None)
                 await asyncio.wait([runner, lost], timeout=controller.settings.probe_interval,
                                    return_when=asyncio.FIRST_COMPLETED)
         finally:

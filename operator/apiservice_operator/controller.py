@@ -21,6 +21,8 @@ from apiservice_operator.events import EventSpec, event_for_transition
 from apiservice_operator.kubeapi import WriteForbidden
 from apiservice_operator.metrics import Metrics
 from apiservice_operator.model import Condition, Obj, ProbeResult, Resolution, Status
+from apiservice_operator.path import PathEvidence, PathResult
+from apiservice_operator.pathcheck import PathChecker
 from apiservice_operator.resolve import resolve
 from apiservice_operator.schedule import ProbeQueue
 from apiservice_operator.settings import Settings
@@ -65,6 +67,7 @@ class Controller:
     now: Callable[[], str] = utc_now
     metrics: Metrics = field(default_factory=Metrics)
     record_event: EventSink | None = None
+    path: PathChecker | None = None  # None: the path probe is off, the endpoints alone decide
     stats: Stats = field(default_factory=Stats)
     problems: dict[str, str] = field(default_factory=dict)  # what keeps us from working, for /readyz
 
@@ -98,6 +101,8 @@ class Controller:
         self._failing.pop(name, None)
         self._probed.discard(name)
         self._phased.discard(name)
+        if self.path is not None:
+            self.path.forget(name)
         self.metrics.forget(name)
         self._sweep_done(name)
         task = self._inflight.pop(name, None)
@@ -178,27 +183,43 @@ class Controller:
         slices = self.inputs.slices(namespace, service_name) if ref else []
         resolution = resolve(apiservice, service, slices)
         probes: list[ProbeResult] = []
-        if resolution.plan is None:
+        path: PathEvidence | None = None
+        plan = resolution.plan
+        if plan is None:
             self._probed.discard(name)
         else:
             self._probed.add(name)
+            checker, interval = self.path, self.periodic_interval()
+            through: tuple[tuple[PathResult, ...], bool] = ((), False)
             async with self._probe_slots:
                 self.stats.probes += 1
-                probes = await self.probe(resolution.plan)
+                if checker is not None and checker.due(name, interval):
+                    # side by side: a hang costs one budget, not two
+                    probes, through = await asyncio.gather(self.probe(plan), checker.check(name, plan, None, interval))
+                    checker.settle(name, probes)
+                else:
+                    probes = await self.probe(plan)
+                    if checker is not None:
+                        through = await checker.check(name, plan, probes, interval)
             self.metrics.observe_probes(name, probes)
             apiservice = self.inputs.apiservice(name)  # fresher previous conditions after the wait
             if apiservice is None:
                 return
-        await self._settle(name, apiservice, resolution, probes)
+            if checker is not None:
+                if through[1]:
+                    self.metrics.observe_path(through[0])
+                path = await checker.evidence(apiservice, plan, through[0])
+        await self._settle(name, apiservice, resolution, probes, path)
 
-    async def _settle(self, name: str, apiservice: Obj, resolution: Resolution, probes: list[ProbeResult]) -> None:
+    async def _settle(self, name: str, apiservice: Obj, resolution: Resolution, probes: list[ProbeResult],
+                      path: PathEvidence | None = None) -> None:
         types = self.settings.types
         previous = our_conditions(apiservice.get("status"), types)
         rv = str((apiservice.get("metadata") or {}).get("resourceVersion", ""))
         written = self._written.get(name)
         if written is not None and written[1] == rv:
             previous = list(written[0])
-        new = decide(resolution, probes, previous, self.now(), types, self.settings.probe_timeout)
+        new = decide(resolution, probes, previous, self.now(), types, self.settings.probe_timeout, path)
         self.metrics.observe_conditions(name, new[0])
         if new[0].status is Status.TRUE:
             self._failing.pop(name, None)

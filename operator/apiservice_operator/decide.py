@@ -204,6 +204,7 @@ def _conclude_path(plan: ProbePlan, probes: Sequence[ProbeResult], budget: float
         return available, degraded
 
     def unavailable(reason: str, message: str) -> tuple[Verdict, Verdict]:
+        message += f"; 0/{instances} kube-apiserver instances served discovery"
         return Verdict(Status.FALSE, reason, message), Verdict(Status.FALSE, "Unavailable", f"not available: {reason}")
 
     direct_words = (f"the endpoints answer the operator directly ({len(direct_passed)}/{total} passed)"
@@ -226,6 +227,15 @@ def _conclude_path(plan: ProbePlan, probes: Sequence[ProbeResult], budget: float
     if gate_only:
         # every instance answers 503 without trying: kube-apiserver's own check fails. What it
         # met is in its own message, the only evidence left of the hop it cannot pass
+        prior = before.get(types.available)
+        if direct_passed and prior is not None and prior.reason == "FailedDiscoveryCheck":
+            # the server just came back and kube-apiserver has not re-checked yet (it backs off up
+            # to 30 s): its message is about the outage that ended, not about the network. Our
+            # write of this verdict is an update, which makes it re-check at once (DESIGN 6b);
+            # the next check reads its fresh message
+            return unavailable("AwaitingKubeAPIServer",
+                               f"{direct_words}, but kube-apiserver still answers 503 to every request until its "
+                               f"own check passes again{'; ' + kube_says if kube_says else ''}")
         if _KUBE_REFUSED.search(path.kube_message):
             refused_words = f"kube-apiserver answers 503 to every request; {kube_says}"
             return unavailable("FrontProxyNotTrusted", _front_proxy_message(refused_words, direct_words))

@@ -2,7 +2,8 @@
 
 kubernetes_asyncio loads any kubeconfig (exec plugins, OIDC, in-cluster bound tokens that
 rotate); kopf's built-in kubeconfig reader handles only static credentials. One Configuration
-feeds kopf's watches, our server-side-apply writes and the probe's bearer token.
+feeds kopf's watches and our server-side-apply writes; probes carry the probe identity's token
+(identity.py), never this one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class Credentials:
-    """Loads the client configuration once per (re-)login and keeps the probe token fresh."""
+    """Loads the client configuration once per (re-)login; the token is kopf's and ours, never a probe's."""
 
     def __init__(self, kubeconfig: str | None) -> None:
         self.kubeconfig = kubeconfig
@@ -55,9 +56,6 @@ class Credentials:
         if value and value.lower().startswith("bearer "):
             value = value[7:]
         self.token = value or None
-        return self.token
-
-    def current_token(self) -> str | None:
         return self.token
 
     async def connection_info(self) -> kopf.ConnectionInfo:

@@ -4,10 +4,12 @@ kube-apiserver's aggregator_unavailable_apiservice (1 while not Available), so a
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from apiservice_operator.model import Condition, ErrorKind, ProbeResult, Status
+from apiservice_operator.path import PathOutcome, PathResult
 
 # discovery must answer within 5 s; finer buckets below 1 s where healthy servers live
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -34,6 +36,12 @@ class Metrics:
             ["kind"], registry=r)
         for kind in ErrorKind:
             self.probe_errors.labels(kind=str(kind))
+        self.path_probes = Counter(
+            "apiservice_operator_path_probes_total",
+            "Discovery requests through kube-apiserver (one per instance), by what the answer meant",
+            ["outcome"], registry=r)
+        for outcome in PathOutcome:
+            self.path_probes.labels(outcome=str(outcome))
         self.probes = Counter("apiservice_operator_probes_total", "APIService probes (all endpoints)", registry=r)
         self.status_writes = Counter(
             "apiservice_operator_status_writes_total", "Server-side applies of our conditions", registry=r)
@@ -62,6 +70,11 @@ class Metrics:
             histogram.observe(result.latency)
             if result.error is not None:
                 self.probe_errors.labels(kind=str(result.error)).inc()
+
+    def observe_path(self, results: Sequence[PathResult]) -> None:
+        for result in results:
+            if not result.remembered:
+                self.path_probes.labels(outcome=str(result.outcome)).inc()
 
     def observe_conditions(self, name: str, available: Condition) -> None:
         self.unavailable.labels(name=name).set(0 if available.status is Status.TRUE else 1)

@@ -30,7 +30,8 @@ class Permission:
         return f"verb={self.verb} resource={res}{where}"
 
 
-def needed(events_namespace: str, lease_namespace: str | None, lease_name: str) -> list[Permission]:
+def needed(events_namespace: str, lease_namespace: str | None, lease_name: str,
+           probe_identity: tuple[str, str] | None = None) -> list[Permission]:
     perms = [Permission(v, g, r) for g, r in (("apiregistration.k8s.io", "apiservices"), ("", "services"),
                                                ("discovery.k8s.io", "endpointslices"))
              for v in ("get", "list", "watch")]
@@ -40,6 +41,9 @@ def needed(events_namespace: str, lease_namespace: str | None, lease_name: str) 
         perms.append(Permission("create", "coordination.k8s.io", "leases", namespace=lease_namespace))
         perms += [Permission(v, "coordination.k8s.io", "leases", namespace=lease_namespace, name=lease_name)
                   for v in ("get", "update")]
+    if probe_identity:
+        namespace, name = probe_identity
+        perms.append(Permission("create", "", "serviceaccounts", "token", namespace=namespace, name=name))
     return perms
 
 

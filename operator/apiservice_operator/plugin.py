@@ -20,8 +20,10 @@ from kubernetes_asyncio import client
 from apiservice_operator.kubeapi import GROUP, PLURAL, VERSION, Credentials
 from apiservice_operator.model import DEFAULT_CONDITION_PREFIX, ConditionTypes
 
-COLUMNS = ("NAME", "SERVICE", "KUBE-APISERVER", "PROBED", "REASON", "LATENCY", "ENDPOINTS", "AGE")
+COLUMNS = ("NAME", "SERVICE", "KUBE-APISERVER", "PROBED", "REASON", "PATH", "LATENCY", "ENDPOINTS", "AGE")
 _PASSED = re.compile(r"passed on (\d+)/(\d+) endpoints in (\S+)")
+# the user's path: how many kube-apiserver instances served discovery (DESIGN 9)
+_PATH = re.compile(r"(\d+)/(\d+) kube-apiserver (?:instances|\()")
 _FAILED = re.compile(r"from (\d+)/(\d+) endpoints")
 _COLOURS = {"True": "32", "False": "31", "Unknown": "33", "Degraded": "33"}
 
@@ -63,12 +65,14 @@ def row(obj: dict[str, Any], types: ConditionTypes, now: datetime.datetime) -> d
         endpoints, latency = f"{m[1]}/{m[2]}", m[3]
     elif m := _FAILED.search(ours.get("message", "")):
         endpoints = f"0/{m[2]}"
+    path = _PATH.search(ours.get("message", ""))
     return {
         "NAME": meta.get("name", ""),
         "SERVICE": f"{service.get('namespace')}/{service.get('name')}" if service else "Local",
         "KUBE-APISERVER": theirs.get("status", "") or "<none>",
         "PROBED": probed or "<none>",
         "REASON": reason,
+        "PATH": f"{path[1]}/{path[2]}" if path else "",
         "LATENCY": latency,
         "ENDPOINTS": endpoints,
         "AGE": age(meta.get("creationTimestamp"), now),

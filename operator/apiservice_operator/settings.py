@@ -12,6 +12,7 @@ from apiservice_operator.model import DEFAULT_CONDITION_PREFIX, DEFAULT_PROBE_TI
 from apiservice_operator.selector import LabelSelector
 
 ENV_PREFIX = "APISERVICE_OPERATOR_"
+PATH_PROBE_MODES = ("auto", "instances", "kubeconfig", "off")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class Settings:
     events_namespace: str = "default"
     identity: str = ""
     resync_interval: float = 30.0
+    path_probe: str = "auto"
+    path_probe_instances: str = ""
+    probe_service_account: str = "apiservice-operator-probe"
     types: ConditionTypes = field(init=False, repr=False, compare=False)
     label_selector: LabelSelector = field(init=False, repr=False, compare=False)
 
@@ -55,10 +59,18 @@ class Settings:
             raise ValueError("--resync-interval must be 0 (off) or positive")
         if self.lease_duration < 2:
             raise ValueError("--lease-duration must be at least 2 seconds")
+        if self.path_probe not in PATH_PROBE_MODES:
+            raise ValueError(f"--path-probe must be one of {', '.join(PATH_PROBE_MODES)}")
+        if self.probe_service_account.count("/") > 1 or not self.probe_service_account.strip("/"):
+            raise ValueError("--probe-service-account must be NAME or NAMESPACE/NAME (or `none`)")
         if self.log_format not in ("text", "json"):
             raise ValueError("--log-format must be text or json")
         object.__setattr__(self, "types", ConditionTypes(self.condition_prefix))
         object.__setattr__(self, "label_selector", LabelSelector.parse(self.selector))
+
+    @property
+    def picked_instances(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.path_probe_instances.split(",") if p.strip())
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self)
@@ -100,6 +112,15 @@ _FLAGS: Sequence[tuple[str, Any, str]] = (
     ("lease-duration", float, "seconds a leader's Lease lasts without renewal (failover takes about this)"),
     ("events-namespace", str, "namespace of the Events about (cluster-scoped) APIServices"),
     ("identity", str, "this replica's Lease holder identity (default: POD_NAME, else hostname-pid)"),
+    ("path-probe", str, "judge each APIService by what a request through kube-apiserver gets: `instances` asks "
+                        "each kube-apiserver instance by its address in default/kubernetes's EndpointSlices, "
+                        "`kubeconfig` the operator's own API server URL, `auto` instances in the cluster and the "
+                        "kubeconfig's server outside it, `off` the endpoints alone decide"),
+    ("path-probe-instances", str, "with --path-probe=instances, only these kube-apiserver instances, as "
+                                  "comma-separated ADDRESS:PORT (default: every one)"),
+    ("probe-service-account", str, "the probe identity, NAME (in the operator's namespace) or NAMESPACE/NAME: a "
+                                   "ServiceAccount with no RBAC binding whose short-lived tokens are the only "
+                                   "credential sent to aggregated servers; `none` sends none"),
     ("resync-interval", float, "this often, seconds, find objects deleted while a watch was down (kopf's "
                                "re-list after 410 Gone keeps them) and forget them; 0 turns it off"),
 )
@@ -128,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | None
                 parser.error(f"{env_name(flag)}={raw!r}: {exc}")
         parser.add_argument(
             f"--{flag}", type=ftype, default=value,
-            choices=("text", "json") if flag == "log-format" else None,
+            choices=("text", "json") if flag == "log-format" else PATH_PROBE_MODES if flag == "path-probe" else None,
             metavar="BOOL" if ftype is boolean else None,
             help=f"{help_text} (env: {env_name(flag)}; default: {default!r})")
 

@@ -7,7 +7,8 @@ Run as its own process:
 Behaviour is read from the JSON state file on every connection, so a test flips a running server
 between healthy and broken without restarting it:
     {"mode": "healthy" | "status" | "wrong-document" | "hang" | "close" | "tcp-hang",
-     "delay": seconds before answering, "status": HTTP status for mode "status"}
+     "delay": seconds before answering, "status": HTTP status for mode "status",
+     "auth": "front-proxy-untrusted" | "masters-only" (see Server.refusal)}
 Hostile modes, for the fault tests (each documented at HOSTILE_MODES below):
     "slowloris" | "garbage-tls" | "garbage-http" | "huge-body" | "endless-chunked" | "redirect" |
     "http10-close" | "reset-mid-body"
@@ -116,12 +117,20 @@ class Server:
                     if line in (b"\r\n", b"\n", b""):
                         break
                     name, _, value = line.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
+                    key = name.strip().lower()
+                    # repeated headers (kube-apiserver sends one X-Remote-Group per group) are joined
+                    headers[key] = f"{headers[key]},{value.strip()}" if key in headers else value.strip()
                 method, path, _ = ([*request_line.decode("latin-1").split(" "), "", ""])[:3]
                 state = self.state()
                 self.record({"time": time.time(), "method": method, "path": path,
                              "authorization": headers.get("authorization"),
+                             "remote_user": headers.get("x-remote-user"),
                              "user_agent": headers.get("user-agent"), "mode": state.get("mode", "healthy")})
+                refusal = self.refusal(headers, path, state)
+                if refusal is not None:
+                    await self.send(writer, refusal[0], {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                         "code": refusal[0], "message": refusal[1]})
+                    continue
                 keep_alive = await self.respond(writer, path, state)
                 if not keep_alive:
                     return
@@ -130,6 +139,32 @@ class Server:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+    @staticmethod
+    def refusal(headers: dict[str, str], path: str, state: dict[str, Any]) -> tuple[int, str] | None:
+        """Mimics the authentication of a server built on k8s.io/apiserver, as set by "auth" in the
+        state (forwarded requests carry no bearer token but X-Remote-User/-Group from kube-apiserver;
+        the headers are believed without checking the front-proxy certificate: a mimic, the real
+        k8s.io/sample-apiserver is the proof):
+        - "front-proxy-untrusted": it does not trust kube-apiserver's front-proxy CA, so forwarded
+          callers are system:anonymous and refused; a bearer token (a direct caller) is served;
+        - "masters-only": its TokenReviews and SubjectAccessReviews are forbidden (no
+          system:auth-delegator binding): only group system:masters is allowed, a bearer token is 401."""
+        auth = state.get("auth")
+        path = path.split("?", 1)[0]
+        forwarded = "authorization" not in headers
+        if auth == "front-proxy-untrusted" and forwarded:
+            return 403, f'forbidden: User "system:anonymous" cannot get path "{path}"'
+        if auth == "masters-only":
+            if not forwarded:
+                return 401, "Unauthorized"
+            groups = [g.strip() for g in headers.get("x-remote-group", "").split(",")]
+            if "system:masters" not in groups:
+                user = headers.get("x-remote-user", "system:anonymous")
+                return 500, (f'Internal Server Error: "{path}": subjectaccessreviews.authorization.k8s.io is '
+                             f'forbidden: User "system:serviceaccount:test:api" cannot create resource '
+                             f'"subjectaccessreviews" (asked for {user})')
+        return None
 
     async def respond(self, writer: asyncio.StreamWriter, path: str, state: dict[str, Any]) -> bool:
         mode = state.get("mode", "healthy")

@@ -31,6 +31,10 @@ def next_address() -> str:
         return next(_addresses)
 
 
+# every test server started in this session, so that a last test can read what each one received
+ALL_SERVERS: list[ServerProcess] = []
+
+
 @dataclass
 class ServerProcess:
     address: str
@@ -54,6 +58,8 @@ class ServerProcess:
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         assert self.popen.stdout is not None
+        if self not in ALL_SERVERS:
+            ALL_SERVERS.append(self)
         line = self.popen.stdout.readline()
         if not line.startswith("READY"):
             raise RuntimeError(f"aggregated test server on {self.address} did not start: {line!r}")

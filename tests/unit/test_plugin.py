@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import datetime
 
-from apiservice_operator.model import ConditionTypes
+from apiservice_operator.decide import decide
+from apiservice_operator.model import ConditionTypes, ErrorKind, ProbePlan, ProbeResult, Resolution, Status, Target
+from apiservice_operator.path import PathEvidence, classify
 from apiservice_operator.plugin import render, row
 from tests import builders
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 TYPES = ConditionTypes()
+EP, I1, I2 = Target("10.0.0.1", 8443), Target("10.250.0.2", 6443), Target("10.250.0.3", 6443)
+PLAN = ProbePlan((EP,), "/apis/demo.example.com/v1", "demo.example.com/v1", "demo.default.svc", None, False)
 
 
 def cond(ctype: str, status: str, reason: str, message: str = "") -> dict[str, str]:
@@ -60,3 +64,28 @@ def test_colour_only_when_asked() -> None:
     assert "\x1b[" not in render(rows, wide=False, colour=False)
     assert "\x1b[31m" in render(rows, wide=False, colour=True)
     assert "MESSAGE" in render(rows, wide=True, colour=False)
+
+
+def _decided(through: list[ProbeResult], direct: list[ProbeResult]) -> dict[str, object]:
+    """Conditions as decide writes them, so the column reads the real message, not a copy of it."""
+    evidence = PathEvidence("instances", tuple(classify(r) for r in through), kube_status=Status.TRUE)
+    available, degraded = decide(Resolution(plan=PLAN), direct, [], "2026-01-01T11:00:00Z", TYPES, 5.0, evidence)
+    return with_conditions(available.to_api(), degraded.to_api())
+
+
+def test_path_column_counts_the_kube_apiserver_instances_that_served() -> None:
+    ok = [ProbeResult(EP, True, 0.01, status_code=200)]
+    one_cut = row(_decided([ProbeResult(I1, False, 5.0, ErrorKind.TIMEOUT, "timeout"),
+                            ProbeResult(I2, True, 0.02, status_code=200)], ok), TYPES, NOW)
+    assert (one_cut["PATH"], one_cut["PROBED"], one_cut["REASON"]) == ("1/2", "Degraded", "InstanceUnreachable")
+    assert "10.250.0.2:6443: timeout" in one_cut["MESSAGE"]
+    all_cut = row(_decided([ProbeResult(I1, False, 5.0, ErrorKind.TIMEOUT, "timeout"),
+                            ProbeResult(I2, False, 5.0, ErrorKind.TIMEOUT, "timeout")], ok), TYPES, NOW)
+    assert (all_cut["PATH"], all_cut["PROBED"], all_cut["REASON"]) == ("0/2", "False", "ControlPlaneUnreachable")
+    assert "PATH" in render([one_cut, all_cut], wide=False, colour=False)
+
+
+def test_path_column_is_empty_where_the_path_was_not_probed() -> None:
+    r = row(with_conditions(cond(TYPES.available, "True", "Passed", "discovery passed on 2/2 endpoints in <1s")),
+            TYPES, NOW)
+    assert r["PATH"] == ""

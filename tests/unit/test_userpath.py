@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 import pytest
 
 from apiservice_operator.decide import decide
-from apiservice_operator.model import ConditionTypes, ErrorKind, ProbePlan, ProbeResult, Resolution, Status, Target
+from apiservice_operator.model import (
+    Condition,
+    ConditionTypes,
+    ErrorKind,
+    ProbePlan,
+    ProbeResult,
+    Resolution,
+    Status,
+    Target,
+)
 from apiservice_operator.path import (
     PathEvidence,
     PathOutcome,
@@ -66,6 +75,7 @@ class Row:
     available_has: tuple[str, ...] = ()
     degraded_has: tuple[str, ...] = ()
     memory: dict[Target, PathResult] = field(default_factory=dict)
+    previous_reason: str | None = None
 
 
 ROWS = [
@@ -96,6 +106,13 @@ ROWS = [
         ("False", "Unavailable"), kube=(Status.FALSE, "failing or missing response from x: bad status: 500"),
         memory={I1: PathResult(I1, PathOutcome.PASSED, "ok"), I2: PathResult(I2, PathOutcome.PASSED, "ok")},
         available_has=("503 'service unavailable' to every request", "bad status: 500")),
+    Row("the server just came back, kube-apiserver has not re-checked: no claim about the network", [ok(EP)],
+        [answer(I1, 503, GATED)], ("False", "AwaitingKubeAPIServer"), ("False", "Unavailable"),
+        kube=(Status.FALSE, KUBE_TIMEOUT), previous_reason="FailedDiscoveryCheck",
+        available_has=("until its own check passes again", DIAL)),
+    Row("gated after kube-apiserver's re-check: its fresh dial error names the network", [ok(EP)],
+        [answer(I1, 503, GATED)], ("False", "ControlPlaneUnreachable"), ("False", "Unavailable"),
+        kube=(Status.FALSE, KUBE_TIMEOUT), previous_reason="AwaitingKubeAPIServer"),
     Row("server refuses ordinary users while kube-apiserver's own check passes (auth-delegator gone)",
         [answer(EP, 401, "Unauthorized")], [answer(I1, 500, SAR_FORBIDDEN)], ("False", "UsersRefused"),
         ("False", "Unavailable"),
@@ -142,7 +159,9 @@ def test_user_path_decides_the_verdict(row: Row) -> None:
     results, _ = remember({t: (r, 0.0) for t, r in row.memory.items()}, fresh, now=1.0)
     evidence = PathEvidence(via="instances", results=results, identity="apiservice-operator/probe",
                             identity_allowed=row.identity_allowed, kube_status=row.kube[0], kube_message=row.kube[1])
-    available, degraded = decide(Resolution(plan=PLAN), row.direct, [], NOW, TYPES, BUDGET, evidence)
+    previous = ([Condition(TYPES.available, Status.FALSE, row.previous_reason, "", NOW)]
+                if row.previous_reason else [])
+    available, degraded = decide(Resolution(plan=PLAN), row.direct, previous, NOW, TYPES, BUDGET, evidence)
     assert (str(available.status), available.reason) == row.available, available.message
     assert (str(degraded.status), degraded.reason) == row.degraded, degraded.message
     for part in row.available_has:

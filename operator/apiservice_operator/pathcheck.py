@@ -1,0 +1,151 @@
+"""The path probe's edge: asks each kube-apiserver instance for an APIService's discovery document,
+as the probe identity, with the same prober as the endpoints, and hands the pure decision what the
+answers mean (path.py). It also bounds the load: at most one path probe per instance per APIService
+per interval, unless what the endpoints say has changed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from apiservice_operator.model import Obj, ProbePlan, ProbeResult, Status, Target
+from apiservice_operator.path import (
+    KUBERNETES_SERVICE,
+    Memory,
+    PathEvidence,
+    PathOutcome,
+    PathResult,
+    classify,
+    path_plan,
+    remember,
+    resolve_instances,
+)
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "instances", "kubeconfig", "off")
+
+
+class SlicesSource(Protocol):
+    def slices(self, namespace: str, name: str) -> list[Obj]: ...
+
+
+class Identity(Protocol):
+    name: str
+    namespace: str
+
+    async def may_get(self, path: str) -> bool | None: ...
+
+
+@dataclass(frozen=True)
+class ClusterAccess:
+    """How the operator itself reaches kube-apiserver: the server of its kubeconfig (or the
+    in-cluster one) and the cluster CA it verifies with."""
+
+    server: str
+    ca: bytes | None
+    in_cluster: bool
+
+
+def effective_mode(mode: str, access: ClusterAccess) -> str:
+    """`auto`: each instance by address in the cluster; from outside (a kubeconfig, as `make demo`
+    runs it) the addresses in default/kubernetes are often not routable from here, so the
+    kubeconfig's server is asked instead, and the messages say so."""
+    if mode == "auto":
+        return "instances" if access.in_cluster else "kubeconfig"
+    return mode
+
+
+@dataclass
+class _Recent:
+    results: tuple[PathResult, ...]
+    at: float
+    direct: frozenset[tuple[Target, bool]]
+
+
+ProbeFn = Callable[[ProbePlan], Awaitable[list[ProbeResult]]]
+
+
+@dataclass
+class PathChecker:
+    mode: str  # instances | kubeconfig (see effective_mode)
+    access: ClusterAccess
+    slices: SlicesSource
+    probe: ProbeFn
+    identity: Identity | None
+    clock: Callable[[], float]
+    pick: Sequence[str] = ()
+    _memory: dict[str, Memory] = field(default_factory=dict)
+    _recent: dict[str, _Recent] = field(default_factory=dict)
+
+    def targets(self) -> tuple[tuple[Target, ...], str, str]:
+        """(instances, the server name their certificate must carry, how they were found)."""
+        if self.mode == "kubeconfig":
+            parts = urlsplit(self.access.server)
+            host = parts.hostname or ""
+            return (Target(host, parts.port or 443),), host, f"the kubeconfig's server {self.access.server}"
+        instances = resolve_instances(self.slices.slices(*KUBERNETES_SERVICE), self.pick)
+        return instances, "kubernetes.default.svc", "instances"
+
+    def forget(self, name: str) -> None:
+        self._memory.pop(name, None)
+        self._recent.pop(name, None)
+
+    def due(self, name: str, interval: float) -> bool:
+        recent = self._recent.get(name)
+        return recent is None or self.clock() - recent.at >= interval
+
+    async def check(self, name: str, plan: ProbePlan, direct: Sequence[ProbeResult] | None,
+                    interval: float) -> tuple[tuple[PathResult, ...], bool]:
+        """Each instance's answer for one check. `direct` None: the endpoints are being probed at the
+        same time (the path was due anyway); otherwise a recent path answer is reused unless the
+        endpoints' answers changed since it was taken. The flag says whether the instances were asked now."""
+        signature = frozenset((p.target, p.ok) for p in direct) if direct is not None else None
+        recent = self._recent.get(name)
+        now = self.clock()
+        if (recent is not None and signature is not None and now - recent.at < interval
+                and recent.direct == signature):
+            return recent.results, False
+        results = await self._probe(name, plan, now)
+        self._recent[name] = _Recent(results, now, signature or frozenset())
+        return results, True
+
+    def settle(self, name: str, direct: Sequence[ProbeResult]) -> None:
+        """After a concurrent check: remember what the endpoints said beside the path answer."""
+        recent = self._recent.get(name)
+        if recent is not None:
+            recent.direct = frozenset((p.target, p.ok) for p in direct)
+
+    async def _probe(self, name: str, plan: ProbePlan, now: float) -> tuple[PathResult, ...]:
+        instances, server_name, _ = self.targets()
+        if not instances:
+            return ()
+        raw = await self.probe(path_plan(plan, instances, self.access.ca, server_name))
+        merged, self._memory[name] = remember(self._memory.get(name, {}), [classify(r) for r in raw], now)
+        return merged
+
+    async def evidence(self, apiservice: Obj, plan: ProbePlan, results: tuple[PathResult, ...]) -> PathEvidence:
+        """The answers with what the pure decision weighs them against: kube-apiserver's own
+        condition, and (only after a refusal) whether its RBAC lets the probe identity read discovery."""
+        allowed = None
+        if self.identity is not None and any(r.outcome is PathOutcome.REFUSED for r in results):
+            allowed = await self.identity.may_get(plan.path)
+        kube = kube_available(apiservice)
+        _, _, via = self.targets()
+        identity = f"{self.identity.namespace}/{self.identity.name}" if self.identity else ""
+        return PathEvidence(via=via, results=results, identity=identity, identity_allowed=allowed,
+                            kube_status=kube[0], kube_message=kube[1])
+
+
+def kube_available(apiservice: Obj) -> tuple[Status | None, str]:
+    """kube-apiserver's own Available condition: evidence to quote, never something we write."""
+    for cond in (apiservice.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Available":
+            try:
+                return Status(cond.get("status")), str(cond.get("message") or "")
+            except ValueError:
+                return None, ""
+    return None, ""

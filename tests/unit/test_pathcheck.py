@@ -1,0 +1,90 @@
+"""PathChecker's bound on kube-apiserver's load, with a fake prober and clock: at most one path
+probe per instance per APIService per interval, unless what the endpoints say has changed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apiservice_operator.model import ProbePlan, ProbeResult, Status, Target
+from apiservice_operator.path import PathOutcome
+from apiservice_operator.pathcheck import ClusterAccess, PathChecker, effective_mode, kube_available
+
+EP = Target("10.0.0.1", 8443)
+PLAN = ProbePlan((EP,), "/apis/demo.example.com/v1", "demo.example.com/v1", "demo.default.svc", None, False)
+KUBERNETES_SLICE = {"ports": [{"name": "https", "port": 6443}],
+                    "endpoints": [{"addresses": ["10.250.0.2"]}, {"addresses": ["10.250.0.3"]}]}
+ACCESS = ClusterAccess(server="https://127.0.0.1:6443", ca=b"CA", in_cluster=True)
+
+
+class Slices:
+    def slices(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return [KUBERNETES_SLICE] if (namespace, name) == ("default", "kubernetes") else []
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def checker(mode: str = "instances") -> tuple[PathChecker, list[ProbePlan], Clock]:
+    sent: list[ProbePlan] = []
+    clock = Clock()
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        sent.append(plan)
+        return [ProbeResult(t, True, 0.01, status_code=200) for t in plan.targets]
+
+    return PathChecker(mode, ACCESS, Slices(), probe, None, clock), sent, clock
+
+
+async def test_each_instance_is_asked_once_per_interval_while_the_endpoints_say_the_same() -> None:
+    path, sent, clock = checker()
+    direct = [ProbeResult(EP, True, 0.01)]
+    first, fresh = await path.check("demo", PLAN, None, interval=10.0)
+    path.settle("demo", direct)
+    assert fresh and [r.outcome for r in first] == [PathOutcome.PASSED, PathOutcome.PASSED]
+    assert [t.endpoint for t in sent[0].targets] == ["10.250.0.2:6443", "10.250.0.3:6443"]
+    assert (sent[0].server_name, sent[0].ca_bundle) == ("kubernetes.default.svc", b"CA")
+    clock.now += 3
+    again, fresh = await path.check("demo", PLAN, direct, interval=10.0)
+    assert not fresh and again == first and len(sent) == 1
+    assert not path.due("demo", 10.0)
+    clock.now += 7
+    assert path.due("demo", 10.0)
+
+
+async def test_a_change_at_the_endpoints_asks_the_instances_again_at_once() -> None:
+    path, sent, clock = checker()
+    await path.check("demo", PLAN, [ProbeResult(EP, True, 0.01)], interval=10.0)
+    clock.now += 1
+    _, fresh = await path.check("demo", PLAN, [ProbeResult(EP, False, 5.0)], interval=10.0)
+    assert fresh and len(sent) == 2
+
+
+async def test_forget_drops_what_was_kept() -> None:
+    path, _, _ = checker()
+    await path.check("demo", PLAN, None, interval=10.0)
+    path.forget("demo")
+    assert path.due("demo", 10.0)
+
+
+async def test_outside_the_cluster_the_kubeconfig_server_is_asked_and_named() -> None:
+    outside = ClusterAccess(server="https://10.250.255.2:6443", ca=b"CA", in_cluster=False)
+    assert effective_mode("auto", outside) == "kubeconfig" and effective_mode("auto", ACCESS) == "instances"
+    path, sent, _ = checker("kubeconfig")
+    path.access = outside
+    await path.check("demo", PLAN, None, interval=10.0)
+    assert [t.endpoint for t in sent[0].targets] == ["10.250.255.2:6443"]
+    assert sent[0].server_name == "10.250.255.2"
+    evidence = await path.evidence({}, PLAN, ())
+    assert evidence.via == "the kubeconfig's server https://10.250.255.2:6443"
+
+
+def test_kube_apiservers_own_condition_is_read_as_evidence() -> None:
+    obj = {"status": {"conditions": [{"type": "Available", "status": "False", "message": "dial tcp: i/o timeout"},
+                                     {"type": "apiservice-operator.io/Available", "status": "True"}]}}
+    assert kube_available(obj) == (Status.FALSE, "dial tcp: i/o timeout")
+    assert kube_available({}) == (None, "")
