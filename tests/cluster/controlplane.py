@@ -171,27 +171,29 @@ class ControlPlane:
         return path
 
     # --- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> ControlPlane:
-        paths = self._make_pki()
-        logs = self.workdir / "logs"
-        logs.mkdir(exist_ok=True)
-        etcd_data = self.workdir / "etcd"
-        etcd_url = f"http://127.0.0.1:{self.etcd_port}"
-        self._etcd = _Proc("etcd", [
+    def etcd_argv(self) -> list[str]:
+        return [
             str(self.bin_dir / "etcd"),
-            f"--data-dir={etcd_data}",
-            f"--listen-client-urls={etcd_url}",
-            f"--advertise-client-urls={etcd_url}",
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={self.etcd_url}",
+            f"--advertise-client-urls={self.etcd_url}",
             f"--listen-peer-urls=http://127.0.0.1:{free_port()}",
             "--unsafe-no-fsync",
             "--log-level=warn",
-        ], logs / "etcd.log")
-        self._apiserver = _Proc("kube-apiserver", [
-            str(self.bin_dir / "kube-apiserver"),
-            f"--etcd-servers={etcd_url}",
-            f"--secure-port={self.port}",
-            f"--bind-address={self.bind_address}",
-            f"--advertise-address={ADVERTISE_ADDRESS}",
+        ]
+
+    def apiserver_argv(self, paths: dict[str, Path], *, bind_address: str, advertise_address: str, port: int,
+                       cert_dir: Path, binary: Path | None = None, uid: int | None = None) -> list[str]:
+        """paths: what _make_pki returns (or copies of those files). uid: run as that unprivileged
+        uid and gid, without supplementary groups (tests/cluster/multiplane.py)."""
+        drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"] if uid is not None else []
+        return [
+            *drop,
+            str(binary or self.bin_dir / "kube-apiserver"),
+            f"--etcd-servers={self.etcd_url}",
+            f"--secure-port={port}",
+            f"--bind-address={bind_address}",
+            f"--advertise-address={advertise_address}",
             f"--tls-cert-file={paths['serving_crt']}",
             f"--tls-private-key-file={paths['serving_key']}",
             f"--client-ca-file={paths['ca']}",
@@ -209,9 +211,19 @@ class ControlPlane:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={paths['front_crt']}",
             f"--proxy-client-key-file={paths['front_key']}",
-            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            f"--cert-dir={cert_dir}",
             "--v=1",
-        ], logs / "kube-apiserver.log")
+        ]
+
+    def start(self) -> ControlPlane:
+        paths = self._make_pki()
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        self._etcd = _Proc("etcd", self.etcd_argv(), logs / "etcd.log")
+        self._apiserver = _Proc("kube-apiserver", self.apiserver_argv(
+            paths, bind_address=self.bind_address, advertise_address=ADVERTISE_ADDRESS, port=self.port,
+            cert_dir=self.workdir / "apiserver-certs",
+        ), logs / "kube-apiserver.log")
         self.write_kubeconfig(self.kubeconfig, self.server)
         try:
             self._etcd.start()
