@@ -14,7 +14,7 @@ install: ## install the package and its dev tools (editable)
 kube-binaries: ## build or reuse kube-apiserver, kubectl and etcd (cached under ~/.cache/apiservice-operator)
 	hack/build-kube.sh
 
-demo: install ## the local control plane, five sample aggregated APIs, the operator and its table; Ctrl-C ends it
+demo: install ## the local control plane, six sample aggregated APIs, the operator and its table; Ctrl-C ends it
 	@hack/demo.sh
 
 test: install kube-binaries ## all tests: unit, integration and e2e, against the local control plane

@@ -126,7 +126,11 @@ class PodBackend:
                                  "--key", "/tls/tls.key", "--group", group, "--version", "v1",
                                  "--state", "/state/state.json"],
                         "ports": [{"name": "https", "containerPort": 8443}],
-                        "readinessProbe": {"tcpSocket": {"port": 8443}, "periodSeconds": 2},
+                        # from inside the Pod, not from the node: a test that cuts the node's own
+                        # traffic to the Pod (kube-apiserver's path) must not make it NotReady too
+                        "readinessProbe": {"exec": {"command": [
+                            "python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8443), 1)"]},
+                            "periodSeconds": 2},
                         "volumeMounts": [{"name": "tls", "mountPath": "/tls"},
                                          {"name": "state", "mountPath": "/state"}],
                     }],

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 from tests import builders
-from tests.cluster.kube import Kube, condition, wait_for
+from tests.cluster.kube import Kube, condition, wait_conditions, wait_for
+
+from e2e.backends import Backend
 
 NAMESPACE = "apiservice-operator"
 LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/apiservice-operator"
@@ -176,3 +178,35 @@ def test_failover(how: str, deployed: Kube, cluster: Cluster, namespace: str) ->
     assert verdict["reason"] == "ServiceNotFound"
     # the Deployment heals: two Ready replicas again (a crashed container restarts in place)
     wait_for(lambda: two_ready(deployed), 180, "two Ready operator pods again", interval=1)
+
+
+def node_iptables(*args: str) -> None:
+    subprocess.run(["docker", "exec", os.environ["E2E_KIND_NODE"], "iptables", *args], check=True,
+                   capture_output=True, text=True, timeout=30)
+
+
+def test_control_plane_cut_from_the_pods_names_the_hop(deployed: Kube, backend: Backend, namespace: str) -> None:
+    """The most reported outage in the field (security groups, firewalls, NetworkPolicy): the control
+    plane cannot reach the server's Pods, which still answer inside the cluster. On the node an OUTPUT
+    rule cuts kube-apiserver (a host-network process) from the Pod, while Pod-to-Pod traffic (FORWARD),
+    the operator's own probe among it, still passes (DESIGN 9)."""
+    if not os.environ.get("E2E_KIND_NODE"):
+        pytest.skip("needs the kind node's iptables (E2E_KIND_NODE, set by make e2e-kind)")
+    api = backend.create(namespace, f"{namespace}.cut.e2e.example.com", 1)
+    wait_conditions(api, {OURS: ("True", "Passed"), "Available": ("True", "Passed")}, 120)
+    pod_ip = deployed.get(f"/api/v1/namespaces/{namespace}/pods/api-0")["status"]["podIP"]
+    rule = ["OUTPUT", "-d", pod_ip, "-p", "tcp", "--dport", "8443", "-j", "DROP"]
+    node_iptables("-I", *rule)
+    t0 = time.monotonic()
+    try:
+        found = wait_conditions(api, {OURS: ("False", "ControlPlaneUnreachable")}, 120,
+                                messages={OURS: "Allow traffic from the control plane"})
+        took = time.monotonic() - t0
+        theirs = condition(api.apiservice(), "Available") or {}
+        report("control-plane-cut", ours_after_s=round(took, 2), ours=found[OURS]["message"][:300],
+               theirs=f"{theirs.get('status')}/{theirs.get('reason')}: {theirs.get('message', '')[:200]}")
+    finally:
+        node_iptables("-D", *rule)
+    t1 = time.monotonic()
+    wait_conditions(api, {OURS: ("True", "Passed"), "Available": ("True", "Passed")}, 120)
+    report("control-plane-restored", ours_after_s=round(time.monotonic() - t1, 2))

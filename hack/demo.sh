@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo: the local control plane, five sample aggregated APIs, the operator, the table.
+# make demo: the local control plane, six sample aggregated APIs, the operator, the table.
 # Runs until Ctrl-C, then removes everything it started. DEMO_NO_WAIT=1 prints the table and exits.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"

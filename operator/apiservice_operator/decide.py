@@ -25,6 +25,8 @@ from apiservice_operator.model import (
 from apiservice_operator.path import PathEvidence, PathOutcome, PathResult
 
 MAX_ENDPOINTS_IN_MESSAGE = 10
+# a verdict that lasts one check, while kube-apiserver's own catches up: no Event is worth it
+AWAITING = "AwaitingKubeAPIServer"
 # Coarse on purpose: a connection's first probe (TCP + TLS handshake) and the next ones, over the
 # kept-alive connection, must land in the same bucket or steady state would cost a write.
 _LATENCY_BUCKETS = ((1.0, "<1s"), (2.5, "<2.5s"), (5.0, "<5s"))
@@ -228,12 +230,20 @@ def _conclude_path(plan: ProbePlan, probes: Sequence[ProbeResult], budget: float
         # every instance answers 503 without trying: kube-apiserver's own check fails. What it
         # met is in its own message, the only evidence left of the hop it cannot pass
         prior = before.get(types.available)
+        if direct_passed and path.kube_status in (None, Status.TRUE):
+            # a new APIService: kube-apiserver answers 503 until its first check, milliseconds away,
+            # and until its proxy has taken in its own verdict (one worker per instance, which may
+            # first wait on the server's OpenAPI document: aggregator.go's specDownloadTimeout)
+            state = "has not judged" if path.kube_status is None else "has not yet taken in its own verdict on"
+            return (Verdict(Status.UNKNOWN, AWAITING, f"{direct_words}; kube-apiserver {state} this APIService "
+                                                      "and answers 503 until it does"),
+                    Verdict(Status.UNKNOWN, AWAITING, "cannot tell yet"))
         if direct_passed and prior is not None and prior.reason == "FailedDiscoveryCheck":
             # the server just came back and kube-apiserver has not re-checked yet (it backs off up
             # to 30 s): its message is about the outage that ended, not about the network. Our
             # write of this verdict is an update, which makes it re-check at once (DESIGN 6b);
             # the next check reads its fresh message
-            return unavailable("AwaitingKubeAPIServer",
+            return unavailable(AWAITING,
                                f"{direct_words}, but kube-apiserver still answers 503 to every request until its "
                                f"own check passes again{'; ' + kube_says if kube_says else ''}")
         if _KUBE_REFUSED.search(path.kube_message):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from apiservice_operator.decide import AWAITING
 from apiservice_operator.kubeapi import GROUP, VERSION, Credentials
 from apiservice_operator.model import Condition, Status
 
@@ -30,7 +31,11 @@ class EventSpec:
 
 def event_for_transition(before: dict[str, Condition], available: Condition, degraded: Condition) -> EventSpec | None:
     """What to say about a check that changed our conditions; None when nothing worth an event did."""
+    if available.reason == AWAITING:
+        return None  # lasts one check: the verdict after it says what happened
     prior_a, prior_d = before.get(available.type), before.get(degraded.type)
+    if prior_a is not None and prior_a.status is Status.UNKNOWN and prior_a.reason == AWAITING:
+        prior_a = prior_d = None  # no verdict before it: this is the first
     available_moved = prior_a is None or (prior_a.status, prior_a.reason) != (available.status, available.reason)
     degraded_moved = prior_d is None or prior_d.status != degraded.status
     if not (available_moved or degraded_moved):

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from apiservice_operator.model import Obj, ProbePlan, ProbeResult, Status, Target
+from apiservice_operator.model import ErrorKind, Obj, ProbePlan, ProbeResult, Status, Target
 from apiservice_operator.path import (
     KUBERNETES_SERVICE,
     Memory,
@@ -78,6 +78,7 @@ class PathChecker:
     identity: Identity | None
     clock: Callable[[], float]
     pick: Sequence[str] = ()
+    live_within: float = 2.5  # seconds: a live kube-apiserver answers /livez in milliseconds
     _memory: dict[str, Memory] = field(default_factory=dict)
     _recent: dict[str, _Recent] = field(default_factory=dict)
 
@@ -124,8 +125,24 @@ class PathChecker:
         if not instances:
             return ()
         raw = await self.probe(path_plan(plan, instances, self.access.ca, server_name))
-        merged, self._memory[name] = remember(self._memory.get(name, {}), [classify(r) for r in raw], now)
+        classified = [classify(r) for r in raw]
+        silent = [r.target for r in raw if r.error is ErrorKind.TIMEOUT]
+        if silent:
+            # a request that found no answer in time says nothing about the API when kube-apiserver
+            # itself is what does not answer (frozen, overloaded): ask it for /livez before blaming the path
+            alive = await self._answering(silent, server_name)
+            classified = [r if r.instance not in silent or r.instance in alive else
+                          replace(r, outcome=PathOutcome.NO_ROUTE,
+                                  detail=f"kube-apiserver itself does not answer (/livez too): {r.detail}")
+                          for r in classified]
+        merged, self._memory[name] = remember(self._memory.get(name, {}), classified, now)
         return merged
+
+    async def _answering(self, instances: Sequence[Target], server_name: str) -> set[Target]:
+        livez = ProbePlan(targets=tuple(instances), path="/livez", group_version="", server_name=server_name,
+                          ca_bundle=self.access.ca, insecure_skip_tls_verify=False)
+        # a late answer is a frozen instance that came back meanwhile: it did not answer in time
+        return {r.target for r in await self.probe(livez) if r.status_code is not None and r.latency < self.live_within}
 
     async def evidence(self, apiservice: Obj, plan: ProbePlan, results: tuple[PathResult, ...]) -> PathEvidence:
         """The answers with what the pure decision weighs them against: kube-apiserver's own

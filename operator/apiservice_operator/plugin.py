@@ -21,7 +21,7 @@ from apiservice_operator.kubeapi import GROUP, PLURAL, VERSION, Credentials
 from apiservice_operator.model import DEFAULT_CONDITION_PREFIX, ConditionTypes
 
 COLUMNS = ("NAME", "SERVICE", "KUBE-APISERVER", "PROBED", "REASON", "PATH", "LATENCY", "ENDPOINTS", "AGE")
-_PASSED = re.compile(r"passed on (\d+)/(\d+) endpoints in (\S+)")
+_PASSED = re.compile(r"passed (?:through .*? and )?on (\d+)/(\d+) endpoints in (\S+)")
 # the user's path: how many kube-apiserver instances served discovery (DESIGN 9)
 _PATH = re.compile(r"(\d+)/(\d+) kube-apiserver (?:instances|\()")
 _FAILED = re.compile(r"from (\d+)/(\d+) endpoints")

@@ -1,4 +1,4 @@
-"""`make demo`, the part that runs inside the control plane's network namespace: five sample
+"""`make demo`, the part that runs inside the control plane's network namespace: six sample
 aggregated servers, their APIServices, the operator as its ServiceAccount, and the table."""
 
 from __future__ import annotations
@@ -55,17 +55,21 @@ def main() -> int:
         a.write_slice()
         return a
 
-    say("starting five sample aggregated API servers")
+    say("starting six sample aggregated API servers")
     apis = [
         api("healthy", "healthy.demo.example.com", 1),
         api("down", "down.demo.example.com", 1),
         api("slow", "slow.demo.example.com", 1),
         api("wrong-ca", "wrong-ca.demo.example.com", 1, serving_ca=pki.make_ca("not-the-demo-ca")),
         api("half-broken", "half-broken.demo.example.com", 2),
+        # serves only system:masters (as an extension server whose auth-delegator binding is gone):
+        # kube-apiserver's own check passes, every user gets 500
+        api("refuses-users", "refuses-users.demo.example.com", 1),
     ]
     apis[1].stop()  # down: its endpoint refuses connections
     apis[2].set_state(mode="healthy", delay=7)  # slower than the 5 s budget
     apis[4].servers[0].set_state(mode="status", status=500)
+    apis[5].set_state(mode="healthy", auth="masters-only")
     for a in apis:
         a.register_apiservice()
 

@@ -44,15 +44,15 @@ def test_kubectl_apiservices_shows_both_verdicts(
     by_name = {r["NAME"]: r for r in rows}
     assert by_name[healthy.name] | {"AGE": "", "MESSAGE": ""} == {
         "NAME": healthy.name, "SERVICE": f"{healthy.namespace}/api", "KUBE-APISERVER": "True", "PROBED": "True",
-        "REASON": "Passed", "LATENCY": "<1s", "ENDPOINTS": "2/2", "AGE": "", "MESSAGE": ""}
+        "REASON": "Passed", "PATH": "1/1", "LATENCY": "<1s", "ENDPOINTS": "2/2", "AGE": "", "MESSAGE": ""}
     assert (by_name[broken.name]["PROBED"], by_name[broken.name]["KUBE-APISERVER"],
             by_name[broken.name]["ENDPOINTS"]) == ("False", "False", "0/1")
     assert by_name["v1.apps"]["SERVICE"] == "Local"
 
     table = subprocess.run([str(control_plane.kubectl_path), "apiservices"], env=env, capture_output=True,
                            text=True, check=True).stdout
-    assert table.splitlines()[0].split() == ["NAME", "SERVICE", "KUBE-APISERVER", "PROBED", "REASON", "LATENCY",
-                                             "ENDPOINTS", "AGE"]
+    assert table.splitlines()[0].split() == ["NAME", "SERVICE", "KUBE-APISERVER", "PROBED", "REASON", "PATH",
+                                             "LATENCY", "ENDPOINTS", "AGE"]
     assert "\x1b[" not in table, "no colour when stdout is not a terminal"
     wide = subprocess.run([str(control_plane.kubectl_path), "apiservices", "-o", "wide"], env=env,
                           capture_output=True, text=True, check=True).stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apiservice_operator.model import ProbePlan, ProbeResult, Status, Target
+from apiservice_operator.model import ErrorKind, ProbePlan, ProbeResult, Status, Target
 from apiservice_operator.path import PathOutcome
 from apiservice_operator.pathcheck import ClusterAccess, PathChecker, effective_mode, kube_available
 
@@ -88,3 +88,22 @@ def test_kube_apiservers_own_condition_is_read_as_evidence() -> None:
                                      {"type": "apiservice-operator.io/Available", "status": "True"}]}}
     assert kube_available(obj) == (Status.FALSE, "dial tcp: i/o timeout")
     assert kube_available({}) == (None, "")
+
+
+async def test_a_timeout_is_blamed_on_the_path_only_when_the_instance_itself_answers() -> None:
+    """A frozen kube-apiserver times out too: then nothing is known about the API's path."""
+    asked: list[str] = []
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        asked.append(plan.path)
+        if plan.path == "/livez":  # 10.250.0.2 is alive, 10.250.0.3 is frozen
+            return [ProbeResult(t, False, 0.01, None, "ok", 200) if t.host == "10.250.0.2" else
+                    ProbeResult(t, False, 5.0, ErrorKind.TIMEOUT, "timeout") for t in plan.targets]
+        return [ProbeResult(t, False, 5.0, ErrorKind.TIMEOUT, "timeout") for t in plan.targets]
+
+    path = PathChecker("instances", ACCESS, Slices(), probe, None, Clock())
+    results, _ = await path.check("demo", PLAN, None, interval=10.0)
+    assert asked == [PLAN.path, "/livez"]
+    assert [(r.instance.host, r.outcome) for r in results] == [
+        ("10.250.0.2", PathOutcome.UNREACHABLE), ("10.250.0.3", PathOutcome.NO_ROUTE)]
+    assert "does not answer (/livez too)" in results[1].detail

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from apiservice_operator.decide import decide
+from apiservice_operator.events import event_for_transition
 from apiservice_operator.model import (
     Condition,
     ConditionTypes,
@@ -110,6 +111,12 @@ ROWS = [
         [answer(I1, 503, GATED)], ("False", "AwaitingKubeAPIServer"), ("False", "Unavailable"),
         kube=(Status.FALSE, KUBE_TIMEOUT), previous_reason="FailedDiscoveryCheck",
         available_has=("until its own check passes again", DIAL)),
+    Row("a new APIService kube-apiserver has not judged yet: not known, not False", [ok(EP)],
+        [answer(I1, 503, GATED)], ("Unknown", "AwaitingKubeAPIServer"), ("Unknown", "AwaitingKubeAPIServer"),
+        kube=(None, ""), available_has=("has not judged this APIService",)),
+    Row("kube-apiserver's condition is True but its proxy has not taken it in yet", [ok(EP)],
+        [answer(I1, 503, GATED)], ("Unknown", "AwaitingKubeAPIServer"), ("Unknown", "AwaitingKubeAPIServer"),
+        kube=(Status.TRUE, "all checks passed"), available_has=("has not yet taken in its own verdict",)),
     Row("gated after kube-apiserver's re-check: its fresh dial error names the network", [ok(EP)],
         [answer(I1, 503, GATED)], ("False", "ControlPlaneUnreachable"), ("False", "Unavailable"),
         kube=(Status.FALSE, KUBE_TIMEOUT), previous_reason="AwaitingKubeAPIServer"),
@@ -241,3 +248,15 @@ def test_path_plan_asks_kube_apiserver_for_the_same_document_over_verified_tls()
     plan = path_plan(insecure, [I1], b"CA")
     assert (plan.targets, plan.path, plan.group_version) == ((I1,), "/api/v1", "v1")
     assert (plan.server_name, plan.ca_bundle, plan.insecure_skip_tls_verify) == ("kubernetes.default.svc", b"CA", False)
+
+
+def test_awaiting_kube_apiserver_makes_no_event_and_the_verdict_after_it_counts_as_the_first() -> None:
+    awaiting = Condition(TYPES.available, Status.UNKNOWN, "AwaitingKubeAPIServer", "", NOW)
+    passed = Condition(TYPES.available, Status.TRUE, "Passed", "discovery passed", NOW)
+    as_expected = Condition(TYPES.degraded, Status.FALSE, "AsExpected", "", NOW)
+    assert event_for_transition({}, awaiting, as_expected) is None
+    first = event_for_transition({TYPES.available: awaiting}, passed, as_expected)
+    assert first is not None and (first.type, first.reason) == ("Normal", "Passed")
+    failed = Condition(TYPES.available, Status.FALSE, "FailedDiscoveryCheck", "", NOW)
+    back = Condition(TYPES.available, Status.FALSE, "AwaitingKubeAPIServer", "", NOW)
+    assert event_for_transition({TYPES.available: failed}, back, as_expected) is None
