@@ -118,25 +118,33 @@ class Target:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    scrape_interval: str | None = None  # the global one when None
 
 
-def config(targets: list[Target], rule_file: Path | None, *, scrape_interval: str,
-           evaluation_interval: str) -> dict[str, Any]:
-    """prometheus.yml: one static job per target; kube-apiserver's needs client TLS (tls_config)."""
+def config(targets: list[Target], *, scrape_interval: str, evaluation_interval: str) -> dict[str, Any]:
+    """prometheus.yml without rule_files (Prometheus.start adds its own): one static job per
+    target; kube-apiserver's needs a client certificate (tls_config)."""
     jobs = []
     for t in targets:
         job: dict[str, Any] = {"job_name": t.job, "scheme": t.scheme, "static_configs": [{"targets": [t.address]}]}
+        if t.scrape_interval:
+            job["scrape_interval"] = t.scrape_interval
         if t.scheme == "https":
             tls = {"ca_file": t.ca_file, "cert_file": t.cert_file, "key_file": t.key_file}
             job["tls_config"] = {k: str(v) for k, v in tls.items() if v is not None}
         jobs.append(job)
-    cfg: dict[str, Any] = {
+    return {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
         "scrape_configs": jobs,
     }
-    if rule_file is not None:
-        cfg["rule_files"] = [str(rule_file)]
-    return cfg
+
+
+def control_plane_targets(operator: str, apiserver: str, pki: Path) -> list[Target]:
+    """The operator's /metrics and kube-apiserver's, the latter as the admin (its client
+    certificate) and less often: it is large."""
+    return [Target("apiservice-operator", operator),
+            Target("kube-apiserver", apiserver, "https", pki / "ca.crt", pki / "admin.crt", pki / "admin.key",
+                   scrape_interval="5s")]
 
 
 # --- the binary ---------------------------------------------------------------------------------
