@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.prometheus import RULE_MANIFEST, alert_names, rule_groups
+from tests.cluster.prometheus import RULE_MANIFEST, alert_names, demo_rules, duration_seconds, rule_groups
 
 RULES_TEST = Path(__file__).with_name("rules_test.yaml")
 
@@ -111,3 +111,29 @@ def test_a_broken_rule_fails_the_rule_tests(promtool: str, shipped: dict[str, An
     result = run(promtool, "test", "rules", tests.name, cwd=tmp_path)
     assert result.returncode != 0, f"promtool test rules passed with {mutate.__name__}:\n{result.stdout}"
     assert "FAILED" in result.stdout + result.stderr
+
+
+def test_the_demo_caps_only_for_and_says_so_on_each_alert_it_shortened(shipped: dict[str, Any]) -> None:
+    demo = demo_rules(shipped, "20s")
+    for before, after in zip(shipped["groups"][0]["rules"], demo["groups"][0]["rules"], strict=True):
+        assert after["expr"] == before["expr"]
+        if "for" not in before:
+            assert "for" not in after and "demo" not in after.get("annotations", {})
+            continue
+        assert after["for"] == "20s"
+        assert after["annotations"]["demo"] == (
+            f"for: shortened from {before['for']} to 20s by make demo-monitoring (shipped: {before['for']})")
+    assert "demo" not in yaml.safe_dump(shipped), "the shipped rules were changed in place"
+
+
+def test_durations_read_as_prometheus_reads_them() -> None:
+    assert duration_seconds("15m") == 900
+    assert duration_seconds("1h30m") == 5400
+    for bad in ("15", "m", "1.5m", "5m "):
+        with pytest.raises(ValueError):
+            duration_seconds(bad)
+
+
+def test_only_a_prometheusrule_gives_rule_groups() -> None:
+    with pytest.raises(ValueError, match="not a PrometheusRule"):
+        rule_groups("kind: ServiceMonitor\nspec: {}\n")
