@@ -4,6 +4,7 @@ aggregated servers, their APIServices, the operator as its ServiceAccount, and t
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def outage_graph_url(prom: Prometheus, name: str) -> str:
     views = [f'label_replace(max by (name) ({metric}{{name="{name}"}}), "view", "{view}", "", "")'
              for metric, view in (("apiservice_operator_unavailable_apiservice", "operator"),
                                   ("aggregator_unavailable_apiservice", "kube-apiserver"))]
-    return f"{prom.url}/graph?" + urllib.parse.urlencode(
+    return f"{prom.page('graph')}?" + urllib.parse.urlencode(
         {"g0.expr": " or ".join(views), "g0.tab": "0", "g0.range_input": "5m"})
 
 
@@ -162,7 +163,7 @@ def main() -> int:
                 line for line in out if "demo.example.com" in line or line.startswith("NAME")), flush=True)
         alerts: set[tuple[str, str]] = set()
         if prom is not None:
-            say(f"Prometheus: {prom.url} (alerts: {prom.url}/alerts, targets: {prom.url}/targets)")
+            say(f"Prometheus: {prom.url} (alerts: {prom.page('alerts')}, targets: {prom.page('targets')})")
             say(f"one outage, ours beside kube-apiserver's: {outage_graph_url(prom, apis[1].name)}")
             say("waiting for the broken samples' alerts (1-2 minutes: AggregatedAPIDegraded looks at whole minutes)")
             deadline = time.monotonic() + 240
@@ -186,6 +187,7 @@ def main() -> int:
     finally:
         if prom is not None:
             prom.stop()
+            shutil.rmtree(prom.workdir, ignore_errors=True)  # its TSDB; the demo's other files are small
         operator.stop()
         for a in apis:
             a.stop()

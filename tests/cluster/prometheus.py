@@ -168,6 +168,14 @@ class Prometheus:
     def url(self) -> str:
         return f"http://{self.listen}"
 
+    def page(self, name: str) -> str:
+        """The URL of a web UI page (alerts, graph, targets): Debian's build serves only the classic
+        UI, under /classic/; upstream's serves /alerts and so on."""
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{self.url}/{name}", timeout=5).status_code == 200:
+                return f"{self.url}/{name}"
+        return f"{self.url}/classic/{name}"
+
     @property
     def log_path(self) -> Path:
         return self.workdir / "prometheus.log"
