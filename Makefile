@@ -2,7 +2,7 @@
 PYTHON ?= python3
 KUBECONFIG_LOCAL = $(shell cat $${XDG_STATE_HOME:-$$HOME/.local/state}/apiservice-operator/cluster/ready 2>/dev/null)
 
-.PHONY: help install kube-binaries demo test e2e e2e-kind test-unit check image wheels bench cluster-up cluster-down clean
+.PHONY: help install kube-binaries demo demo-monitoring test e2e e2e-kind test-unit check image wheels bench cluster-up cluster-down clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -16,6 +16,9 @@ kube-binaries: ## build or reuse kube-apiserver, kubectl and etcd (cached under 
 
 demo: install ## the local control plane, six sample aggregated APIs, the operator and its table; Ctrl-C ends it
 	@hack/demo.sh
+
+demo-monitoring: install ## make demo plus a local Prometheus (Debian's prometheus) with the shipped rules; prints its URL and the alerts that fire
+	@DEMO_PROMETHEUS=1 hack/demo.sh
 
 test: install kube-binaries ## all tests: unit, integration and e2e, against the local control plane
 	hack/netns-run $(PYTHON) -m pytest $(PYTEST_ARGS)
