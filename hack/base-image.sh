@@ -12,10 +12,8 @@ if docker image inspect "$IMAGE" >/dev/null 2>&1; then
 fi
 [[ "$(id -u)" == "0" ]] || { log "debootstrap needs root"; exit 1; }
 command -v debootstrap >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
-# the same mirror the host's apt uses
-MIRROR="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
-MIRROR="${MIRROR:-$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)}"
-MIRROR="${MIRROR:-http://deb.debian.org/debian}"
+# the mirror the host's apt uses (the only one it may reach), unless MIRROR=... names another
+[[ -n "${MIRROR:-}" ]] || MIRROR="$("$(dirname "$0")/apt-mirror.sh")"
 ROOT="$(mktemp -d)"
 trap 'rm -rf "$ROOT"' EXIT
 log "debootstrap bookworm from $MIRROR (about a minute)"

@@ -29,6 +29,9 @@ if docker image inspect "$NODE_IMAGE" >/dev/null 2>&1; then
   echo "$NODE_IMAGE"; exit 0
 fi
 [[ "$(id -u)" == "0" ]] || { log "building the node image needs root (debootstrap)"; exit 1; }
+# the mirror the host's apt uses (the only one it may reach), unless MIRROR=... names another;
+# looked up before the long Go builds so that a machine without one fails at once
+[[ -n "${MIRROR:-}" ]] || MIRROR="$("$REPO/hack/apt-mirror.sh")"
 started=$(date +%s)
 log "building $NODE_IMAGE"
 
@@ -49,9 +52,6 @@ cleanup() {
 LABEL=io.apiservice-operator.kind-build   # on every image this script makes, for pruning old ones
 trap cleanup EXIT
 
-MIRROR="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
-MIRROR="${MIRROR:-$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)}"
-MIRROR="${MIRROR:-http://deb.debian.org/debian}"
 command -v debootstrap >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
 
 CACHE_ROOT="${APISERVICE_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/apiservice-operator}"
