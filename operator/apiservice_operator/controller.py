@@ -202,6 +202,7 @@ class Controller:
                     if checker is not None:
                         through = await checker.check(name, plan, probes, interval)
             self.metrics.observe_probes(name, probes)
+            self.metrics.observe_certificates(name, plan, probes)
             apiservice = self.inputs.apiservice(name)  # fresher previous conditions after the wait
             if apiservice is None:
                 return
@@ -219,7 +220,8 @@ class Controller:
         written = self._written.get(name)
         if written is not None and written[1] == rv:
             previous = list(written[0])
-        new = decide(resolution, probes, previous, self.now(), types, self.settings.probe_timeout, path)
+        new = decide(resolution, probes, previous, self.now(), types, self.settings.probe_timeout, path,
+                     self.settings.cert_expiry_warning * 86400)
         self.metrics.observe_conditions(name, new[0])
         if new[0].status is Status.TRUE:
             self._failing.pop(name, None)

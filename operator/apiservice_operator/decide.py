@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from apiservice_operator import certs
 from apiservice_operator.model import (
     Condition,
     ConditionTypes,
@@ -25,6 +26,7 @@ from apiservice_operator.model import (
 from apiservice_operator.path import PathEvidence, PathOutcome, PathResult
 
 MAX_ENDPOINTS_IN_MESSAGE = 10
+DEFAULT_EXPIRY_WARNING = 14 * 86400.0  # seconds
 # a verdict that lasts one check, while kube-apiserver's own catches up: no Event is worth it
 AWAITING = "AwaitingKubeAPIServer"
 # Coarse on purpose: a connection's first probe (TCP + TLS handshake) and the next ones, over the
@@ -302,11 +304,15 @@ def decide(
     types: ConditionTypes,
     budget: float,
     path: PathEvidence | None = None,
+    expiry_warning: float = DEFAULT_EXPIRY_WARNING,
 ) -> tuple[Condition, Condition]:
     """Our (Available, Degraded) conditions. `now` is RFC 3339; time is never read here. Without
-    `path` (the path probe off) the verdict rests on the endpoints alone."""
+    `path` (the path probe off) the verdict rests on the endpoints alone. A certificate that ends
+    within `expiry_warning` seconds makes an otherwise healthy API Degraded."""
     before = {c.type: c for c in previous}
     available, degraded = _conclude(resolution, probes, budget, before, types, path)
+    if resolution.plan is not None and available.status is Status.TRUE:
+        degraded = _watch_certificates(resolution.plan, probes, degraded, now, expiry_warning)
 
     def build(ctype: str, verdict: Verdict) -> Condition:
         prior = before.get(ctype)
@@ -314,6 +320,28 @@ def decide(
         return Condition(ctype, verdict.status, verdict.reason, verdict.message, since)
 
     return build(types.available, available), build(types.degraded, degraded)
+
+
+def _watch_certificates(plan: ProbePlan, probes: Sequence[ProbeResult], degraded: Verdict, now: str,
+                        warning: float) -> Verdict:
+    """Expiry is known before the outage: the served leaf of each endpoint that passed (the probe
+    verified it) and each caBundle CA. A failure already on Degraded says more and stays."""
+    seen = [(c, f"{p.target.endpoint} serves") for p in probes if p.ok for c in p.served]
+    seen += [(c, "spec.caBundle holds") for c in plan.ca_certificates]
+    if not seen or degraded.status is Status.TRUE:
+        return degraded
+    soon = sorted({(c.not_after, where, c.subject) for c, where in seen
+                   if certs.seconds_left(c.not_after, now) < warning})
+    if soon:
+        first = soon[0][0]
+        days = max(0, int(certs.seconds_left(first, now) // 86400))
+        listed = "; ".join(f"{where} {subject}, ending {ends}" for ends, where, subject in soon[:10])
+        return Verdict(Status.TRUE, "CertificateExpiring",
+                       f"a certificate ends in {days} day{'' if days == 1 else 's'} ({first}), within the "
+                       f"{warning / 86400:g}-day warning: "
+                       f"{listed}. Renew it before then: an expired serving certificate or CA fails every request")
+    earliest = min(c.not_after for c, _ in seen)
+    return Verdict(degraded.status, degraded.reason, f"{degraded.message}; the earliest certificate ends {earliest}")
 
 
 def changed(new: Sequence[Condition], previous: Sequence[Condition]) -> bool:

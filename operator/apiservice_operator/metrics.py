@@ -4,11 +4,12 @@ kube-apiserver's aggregator_unavailable_apiservice (1 while not Available), so a
 from __future__ import annotations
 
 import contextlib
+import datetime
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from apiservice_operator.model import Condition, ErrorKind, ProbeResult, Status
+from apiservice_operator.model import Condition, ErrorKind, ProbePlan, ProbeResult, Status
 from apiservice_operator.path import PathOutcome, PathResult
 
 # discovery must answer within 5 s; finer buckets below 1 s where healthy servers live
@@ -42,6 +43,10 @@ class Metrics:
             ["outcome"], registry=r)
         for outcome in PathOutcome:
             self.path_probes.labels(outcome=str(outcome))
+        self.certificate_expiry = Gauge(
+            "apiservice_operator_certificate_expiry_timestamp_seconds",
+            "Unix time when the first of the APIService's certificates ends: the leaf each passing endpoint "
+            "serves and the caBundle's CAs", ["name"], registry=r)
         self.probes = Counter("apiservice_operator_probes_total", "APIService probes (all endpoints)", registry=r)
         self.status_writes = Counter(
             "apiservice_operator_status_writes_total", "Server-side applies of our conditions", registry=r)
@@ -76,10 +81,19 @@ class Metrics:
             if not result.remembered:
                 self.path_probes.labels(outcome=str(result.outcome)).inc()
 
+    def observe_certificates(self, name: str, plan: ProbePlan, results: Sequence[ProbeResult]) -> None:
+        ends = [c.not_after for p in results if p.ok for c in p.served] + [c.not_after for c in plan.ca_certificates]
+        if ends:
+            self.certificate_expiry.labels(name=name).set(
+                datetime.datetime.fromisoformat(min(ends).replace("Z", "+00:00")).timestamp())
+        else:
+            with contextlib.suppress(KeyError):
+                self.certificate_expiry.remove(name)
+
     def observe_conditions(self, name: str, available: Condition) -> None:
         self.unavailable.labels(name=name).set(0 if available.status is Status.TRUE else 1)
 
     def forget(self, name: str) -> None:
-        for metric in (self.unavailable, self.discovery_latency):
+        for metric in (self.unavailable, self.discovery_latency, self.certificate_expiry):
             with contextlib.suppress(KeyError):
                 metric.remove(name)

@@ -53,6 +53,19 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class Certificate:
+    """What a certificate says that matters to on-call: who, by whom, for what names, until when."""
+
+    subject: str
+    issuer: str
+    not_after: str  # RFC 3339
+    names: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return f"{self.subject} (issuer {self.issuer}, ends {self.not_after})"
+
+
+@dataclass(frozen=True)
 class ProbePlan:
     """Everything the prober needs, derived from the APIService, its Service and its slices."""
 
@@ -62,6 +75,7 @@ class ProbePlan:
     server_name: str  # the name the serving certificate must carry: <service>.<namespace>.svc
     ca_bundle: bytes | None
     insecure_skip_tls_verify: bool
+    ca_certificates: tuple[Certificate, ...] = ()  # the caBundle's, for expiry
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,7 @@ class ProbeResult:
     detail: str = ""  # human-readable: "connection refused", "HTTP 500", ...
     status_code: int | None = None  # the HTTP status, where an answer came
     body: str = ""  # the start of a non-2xx answer's body: whoever refused says why there
+    served: tuple[Certificate, ...] = ()  # what the server presented, where the handshake verified
 
     def describe(self) -> str:
         return f"{self.target.endpoint}: {self.detail}"

@@ -25,6 +25,9 @@ _PASSED = re.compile(r"passed (?:through .*? and )?on (\d+)/(\d+) endpoints in (
 # the user's path: how many kube-apiserver instances served discovery (DESIGN 9)
 _PATH = re.compile(r"(\d+)/(\d+) kube-apiserver (?:instances|\()")
 _FAILED = re.compile(r"from (\d+)/(\d+) endpoints")
+# the first certificate to end, from our Degraded message (decide._watch_certificates)
+_CERT_ENDS = re.compile(r"(?:earliest certificate ends |a certificate ends in \d+ days? \()(\d{4}-\d\d-\d\dT[\d:]+Z)")
+WIDE_COLUMNS = ("CERT", "MESSAGE")
 _COLOURS = {"True": "32", "False": "31", "Unknown": "33", "Degraded": "33"}
 
 
@@ -66,6 +69,11 @@ def row(obj: dict[str, Any], types: ConditionTypes, now: datetime.datetime) -> d
     elif m := _FAILED.search(ours.get("message", "")):
         endpoints = f"0/{m[2]}"
     path = _PATH.search(ours.get("message", ""))
+    ends = _CERT_ENDS.search(degraded.get("message", ""))
+    cert = ""
+    if ends:
+        left = datetime.datetime.fromisoformat(ends[1].replace("Z", "+00:00")) - now
+        cert = f"{max(0, left.days)}d"
     return {
         "NAME": meta.get("name", ""),
         "SERVICE": f"{service.get('namespace')}/{service.get('name')}" if service else "Local",
@@ -76,12 +84,13 @@ def row(obj: dict[str, Any], types: ConditionTypes, now: datetime.datetime) -> d
         "LATENCY": latency,
         "ENDPOINTS": endpoints,
         "AGE": age(meta.get("creationTimestamp"), now),
+        "CERT": cert,
         "MESSAGE": message,
     }
 
 
 def render(rows: Sequence[dict[str, str]], *, wide: bool, colour: bool) -> str:
-    columns = (*COLUMNS, "MESSAGE") if wide else COLUMNS
+    columns = (*COLUMNS, *WIDE_COLUMNS) if wide else COLUMNS
     widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in columns}
     lines = ["   ".join(c.ljust(widths[c]) for c in columns).rstrip()]
     for r in rows:

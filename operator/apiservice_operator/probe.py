@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import httpx
 
-from apiservice_operator import __version__
-from apiservice_operator.model import ErrorKind, ProbePlan, ProbeResult, Target
+from apiservice_operator import __version__, certs
+from apiservice_operator.model import Certificate, ErrorKind, ProbePlan, ProbeResult, Target
 
 MAX_BODY_BYTES = 1 << 20
 MAX_EXCERPT_BYTES = 4096  # of a non-2xx body, read only to quote who refused and why
@@ -82,6 +82,16 @@ def validate_document(body: bytes, group_version: str) -> str | None:
         return (f"InvalidDiscoveryDocument: groupVersion is {document.get('groupVersion')!r}, "
                 f"not {group_version!r}")
     return None
+
+
+def _served(response: httpx.Response) -> tuple[Certificate, ...]:
+    """The server's leaf certificate, as the handshake that verified it saw it (Python 3.11's ssl
+    gives the leaf only, not the intermediates)."""
+    stream = response.extensions.get("network_stream")
+    ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    leaf = certs.from_der(der) if der else None
+    return (leaf,) if leaf is not None else ()
 
 
 def status_message(body: bytes) -> str:
@@ -154,8 +164,11 @@ class Prober:
         loop = asyncio.get_running_loop()
         started = loop.time()
 
+        served: tuple[Certificate, ...] = ()
+
         def result(error: ErrorKind | None, detail: str = "", code: int | None = None, body: str = "") -> ProbeResult:
-            return ProbeResult(target, error is None, loop.time() - started, error, detail or "ok", code, body)
+            return ProbeResult(target, error is None, loop.time() - started, error, detail or "ok", code, body,
+                               served)
 
         headers = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": USER_AGENT}
         token = None if plan.insecure_skip_tls_verify else self.token_source()
@@ -169,6 +182,7 @@ class Prober:
                 request = client.build_request(
                     "GET", url, headers=headers, extensions={"sni_hostname": plan.server_name})
                 response = await client.send(request, stream=True)
+                served = _served(response)
                 try:
                     code = response.status_code
                     if code in (401, 403):

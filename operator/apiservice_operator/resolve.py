@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from cryptography import x509
 
+from apiservice_operator import certs
 from apiservice_operator.model import Obj, ProbePlan, Resolution, Status, Target, Verdict
 
 DEFAULT_SERVICE_PORT = 443
@@ -86,6 +87,7 @@ def resolve(apiservice: Obj, service: Obj | None, slices: Iterable[Obj]) -> Reso
         return Resolution(plan=ProbePlan(
             targets=targets, path=path, group_version=group_version,
             server_name=f"{name}.{namespace}.svc", ca_bundle=ca_bundle, insecure_skip_tls_verify=insecure,
+            ca_certificates=certs.from_pem(ca_bundle) if ca_bundle and not insecure else (),
         ))
 
     service_spec = service.get("spec") or {}

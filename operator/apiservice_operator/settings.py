@@ -39,6 +39,7 @@ class Settings:
     path_probe: str = "auto"
     path_probe_instances: str = ""
     probe_service_account: str = "apiservice-operator-probe"
+    cert_expiry_warning: float = 14.0
     types: ConditionTypes = field(init=False, repr=False, compare=False)
     label_selector: LabelSelector = field(init=False, repr=False, compare=False)
 
@@ -63,6 +64,8 @@ class Settings:
             raise ValueError(f"--path-probe must be one of {', '.join(PATH_PROBE_MODES)}")
         if self.probe_service_account.count("/") > 1 or not self.probe_service_account.strip("/"):
             raise ValueError("--probe-service-account must be NAME or NAMESPACE/NAME (or `none`)")
+        if self.cert_expiry_warning < 0:
+            raise ValueError("--cert-expiry-warning must be 0 (off) or a number of days")
         if self.log_format not in ("text", "json"):
             raise ValueError("--log-format must be text or json")
         object.__setattr__(self, "types", ConditionTypes(self.condition_prefix))
@@ -121,6 +124,8 @@ _FLAGS: Sequence[tuple[str, Any, str]] = (
     ("probe-service-account", str, "the probe identity, NAME (in the operator's namespace) or NAMESPACE/NAME: a "
                                    "ServiceAccount with no RBAC binding whose short-lived tokens are the only "
                                    "credential sent to aggregated servers; `none` sends none"),
+    ("cert-expiry-warning", float, "Degraded (CertificateExpiring) when a served certificate or a caBundle CA "
+                                   "ends within this many days; 0 turns it off"),
     ("resync-interval", float, "this often, seconds, find objects deleted while a watch was down (kopf's "
                                "re-list after 410 Gone keeps them) and forget them; 0 turns it off"),
 )

@@ -3,6 +3,7 @@ controller-manager: a selector-less Service plus a hand-made EndpointSlice, then
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import os
@@ -108,11 +109,13 @@ class AggregatedAPI:
     def name(self) -> str:
         return f"{self.version}.{self.group}"
 
-    def start_servers(self, count: int, serving_ca: pki.KeyPair | None = None) -> None:
-        """serving_ca: the CA that signs the servers' certificate (default: the one in caBundle)."""
+    def start_servers(self, count: int, serving_ca: pki.KeyPair | None = None,
+                      valid_for: datetime.timedelta | None = None) -> None:
+        """serving_ca: the CA that signs the servers' certificate (default: the one in caBundle);
+        valid_for: how long that certificate lasts from now (default: pki's)."""
         signer = serving_ca or self.ca
         dns = f"{self.service}.{self.namespace}.svc"
-        pair = pki.issue(signer, dns, dns_names=(dns,), server=True)
+        pair = pki.issue(signer, dns, dns_names=(dns,), server=True, valid_for=valid_for)
         cert, key = pair.write(self.workdir, f"{self.service}-serving")
         for _ in range(count):
             address = next_address()

@@ -5,7 +5,16 @@ from __future__ import annotations
 import datetime
 
 from apiservice_operator.decide import decide
-from apiservice_operator.model import ConditionTypes, ErrorKind, ProbePlan, ProbeResult, Resolution, Status, Target
+from apiservice_operator.model import (
+    Certificate,
+    ConditionTypes,
+    ErrorKind,
+    ProbePlan,
+    ProbeResult,
+    Resolution,
+    Status,
+    Target,
+)
 from apiservice_operator.path import PathEvidence, classify
 from apiservice_operator.plugin import render, row
 from tests import builders
@@ -89,3 +98,16 @@ def test_path_column_is_empty_where_the_path_was_not_probed() -> None:
     r = row(with_conditions(cond(TYPES.available, "True", "Passed", "discovery passed on 2/2 endpoints in <1s")),
             TYPES, NOW)
     assert r["PATH"] == ""
+
+
+def test_wide_shows_the_days_until_the_first_certificate_ends() -> None:
+    soon = Certificate("CN=demo.default.svc", "CN=ca", "2026-01-04T12:00:00Z")
+    probes = [ProbeResult(EP, True, 0.01, None, "ok", 200, "", (soon,))]
+    available, degraded = decide(Resolution(plan=PLAN), probes, [], "2026-01-01T12:00:00Z", TYPES, 5.0)
+    r = row(with_conditions(available.to_api(), degraded.to_api()), TYPES, NOW)
+    assert (r["REASON"], r["CERT"]) == ("CertificateExpiring", "3d")
+    later = Certificate("CN=demo.default.svc", "CN=ca", "2026-12-31T12:00:00Z")
+    available, degraded = decide(Resolution(plan=PLAN), [ProbeResult(EP, True, 0.01, None, "ok", 200, "", (later,))],
+                                 [], "2026-01-01T12:00:00Z", TYPES, 5.0)
+    assert row(with_conditions(available.to_api(), degraded.to_api()), TYPES, NOW)["CERT"] == "364d"
+    assert "CERT" in render([r], wide=True, colour=False) and "CERT" not in render([r], wide=False, colour=False)

@@ -260,3 +260,4 @@ def test_awaiting_kube_apiserver_makes_no_event_and_the_verdict_after_it_counts_
     failed = Condition(TYPES.available, Status.FALSE, "FailedDiscoveryCheck", "", NOW)
     back = Condition(TYPES.available, Status.FALSE, "AwaitingKubeAPIServer", "", NOW)
     assert event_for_transition({TYPES.available: failed}, back, as_expected) is None
+
