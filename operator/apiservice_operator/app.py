@@ -19,6 +19,7 @@ from kopf._core.engines.indexing import OperatorIndexers  # kopf's own, for embe
 from kopf._core.engines.peering import Identity  # a NewType of str; kopf does not re-export it
 
 from apiservice_operator import resync
+from apiservice_operator.blast import apiservice_name, blocking_group_versions
 from apiservice_operator.controller import Controller
 from apiservice_operator.events import EventRecorder
 from apiservice_operator.health import HealthState
@@ -42,6 +43,7 @@ IDENTITY_WAIT = 10.0  # seconds the first probes wait for the probe identity's f
 APISERVICES = ("apiregistration.k8s.io", "v1", "apiservices")
 SERVICES = ("", "v1", "services")
 ENDPOINTSLICES = ("discovery.k8s.io", "v1", "endpointslices")
+NAMESPACES = ("", "v1", "namespaces")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
@@ -67,6 +69,10 @@ class IndexInputs:
 
     def apiservice_names(self) -> Iterable[str]:
         return list(self.indices.get("apiservice_by_name", {}).keys())
+
+    def blocked_namespaces(self, group_version: str) -> list[str]:
+        store = self.indices["blocked_by_group_version"].get(group_version) if self.indices else None
+        return sorted(store or [])
 
     def apiservices_of(self, namespace: str, name: str) -> list[str]:
         store = self.indices["apiservices_by_service"].get((namespace, name)) if self.indices else None
@@ -140,6 +146,30 @@ def build_registry(settings: Settings, controller_box: dict[str, Controller], cr
                            "conditions": dict(e.get("conditions") or {})}
                           for e in body.get("endpoints") or []],
         }}
+
+    def waiting(body: kopf.Body, **_: Any) -> bool:
+        return bool(blocking_group_versions(body))
+
+    # Only Terminating namespaces whose deletion waits on discovery are kept (blast.py). A filter,
+    # not a None result: kopf keeps an object's old index entries when its handler returns None,
+    # and drops them only when the object stops matching the filter.
+    @kopf.index(*NAMESPACES, id="blocked_by_group_version", registry=registry, when=waiting)
+    async def blocked_by_group_version(name: str, body: kopf.Body, **_: Any) -> dict[str, str]:
+        return {gv: name for gv in blocking_group_versions(body)}
+
+    waiting_on: dict[str, tuple[str, ...]] = {}  # namespace -> the group/versions it waited on
+
+    @kopf.on.event(*NAMESPACES, registry=registry)
+    async def namespace_event(type: str | None, name: str, body: kopf.Body,  # noqa: A002
+                              **_: Any) -> None:
+        now = () if type == "DELETED" else blocking_group_versions(body)
+        before = waiting_on.pop(name, ())
+        if now:
+            waiting_on[name] = now
+        controller = controller_box.get("controller")
+        if controller is not None and (now or before):
+            # an unavailable API's message names the namespaces it blocks: re-decide those it gained or lost
+            controller.changed_now(apiservice_name(gv) for gv in set(now) | set(before))
 
     # Handlers that touch the queue are async: kopf runs sync handlers in a thread pool,
     # away from the event loop that owns the queue.
@@ -279,7 +309,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     @kopf.on.startup(registry=registry)
     async def capture_indices(**kwargs: Any) -> None:
         # kopf pre-creates the (empty) indexes before start-up handlers: keep live references
-        for key in ("apiservice_by_name", "apiservices_by_service", "service_by_name", "slices_by_service"):
+        for key in ("apiservice_by_name", "apiservices_by_service", "service_by_name", "slices_by_service",
+                    "blocked_by_group_version"):
             inputs.indices[key] = kwargs[key]
         take_signals_back()
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from apiservice_operator.blast import group_version
 from apiservice_operator.decide import changed, decide, our_conditions
 from apiservice_operator.events import EventSpec, event_for_transition
 from apiservice_operator.kubeapi import WriteForbidden
@@ -42,6 +43,7 @@ class Inputs(Protocol):
     def service(self, namespace: str, name: str) -> Obj | None: ...
     def slices(self, namespace: str, name: str) -> list[Obj]: ...
     def apiservice_names(self) -> Iterable[str]: ...
+    def blocked_namespaces(self, group_version: str) -> list[str]: ...
 
 
 def utc_now() -> str:
@@ -220,8 +222,10 @@ class Controller:
         written = self._written.get(name)
         if written is not None and written[1] == rv:
             previous = list(written[0])
+        blocked = self.inputs.blocked_namespaces(group_version(apiservice))
+        self.metrics.blocked_namespaces.labels(name=name).set(len(blocked))
         new = decide(resolution, probes, previous, self.now(), types, self.settings.probe_timeout, path,
-                     self.settings.cert_expiry_warning * 86400)
+                     self.settings.cert_expiry_warning * 86400, blocked)
         self.metrics.observe_conditions(name, new[0])
         if new[0].status is Status.TRUE:
             self._failing.pop(name, None)

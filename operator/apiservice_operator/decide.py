@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from apiservice_operator import certs
+from apiservice_operator.blast import describe_blocked
 from apiservice_operator.model import (
     Condition,
     ConditionTypes,
@@ -305,14 +306,19 @@ def decide(
     budget: float,
     path: PathEvidence | None = None,
     expiry_warning: float = DEFAULT_EXPIRY_WARNING,
+    blocked: Sequence[str] = (),
 ) -> tuple[Condition, Condition]:
     """Our (Available, Degraded) conditions. `now` is RFC 3339; time is never read here. Without
     `path` (the path probe off) the verdict rests on the endpoints alone. A certificate that ends
-    within `expiry_warning` seconds makes an otherwise healthy API Degraded."""
+    within `expiry_warning` seconds makes an otherwise healthy API Degraded. `blocked`: the
+    Terminating namespaces whose deletion waits on this API's discovery (its blast radius)."""
     before = {c.type: c for c in previous}
     available, degraded = _conclude(resolution, probes, budget, before, types, path)
     if resolution.plan is not None and available.status is Status.TRUE:
         degraded = _watch_certificates(resolution.plan, probes, degraded, now, expiry_warning)
+    radius = describe_blocked(blocked)
+    if radius and available.status is not Status.TRUE:
+        available = Verdict(available.status, available.reason, f"{available.message}; {radius}")
 
     def build(ctype: str, verdict: Verdict) -> Condition:
         prior = before.get(ctype)

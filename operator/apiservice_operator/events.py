@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from apiservice_operator.blast import blocked_count
 from apiservice_operator.decide import AWAITING
 from apiservice_operator.kubeapi import GROUP, VERSION, Credentials
 from apiservice_operator.model import Condition, Status
@@ -39,6 +40,11 @@ def event_for_transition(before: dict[str, Condition], available: Condition, deg
     available_moved = prior_a is None or (prior_a.status, prior_a.reason) != (available.status, available.reason)
     degraded_moved = prior_d is None or prior_d.status != degraded.status
     if not (available_moved or degraded_moved):
+        blocking = blocked_count(available.message)
+        if available.status is not Status.TRUE and blocking > blocked_count(prior_a.message if prior_a else ""):
+            # the outage now holds up more namespace deletions: worth telling, though nothing else moved
+            return EventSpec("Warning", "BlockingNamespaceDeletion",
+                             f"{available.type} is {available.status}: {available.message}")
         return None
     if available.status is not Status.TRUE:
         return EventSpec("Warning", available.reason, f"{available.type} is {available.status}: {available.message}")

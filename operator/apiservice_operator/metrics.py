@@ -47,6 +47,10 @@ class Metrics:
             "apiservice_operator_certificate_expiry_timestamp_seconds",
             "Unix time when the first of the APIService's certificates ends: the leaf each passing endpoint "
             "serves and the caBundle's CAs", ["name"], registry=r)
+        self.blocked_namespaces = Gauge(
+            "apiservice_operator_blocked_namespaces",
+            "Terminating namespaces whose deletion waits on this APIService's discovery "
+            "(their NamespaceDeletionDiscoveryFailure condition names its group/version)", ["name"], registry=r)
         self.probes = Counter("apiservice_operator_probes_total", "APIService probes (all endpoints)", registry=r)
         self.status_writes = Counter(
             "apiservice_operator_status_writes_total", "Server-side applies of our conditions", registry=r)
@@ -94,6 +98,6 @@ class Metrics:
         self.unavailable.labels(name=name).set(0 if available.status is Status.TRUE else 1)
 
     def forget(self, name: str) -> None:
-        for metric in (self.unavailable, self.discovery_latency, self.certificate_expiry):
+        for metric in (self.unavailable, self.discovery_latency, self.certificate_expiry, self.blocked_namespaces):
             with contextlib.suppress(KeyError):
                 metric.remove(name)

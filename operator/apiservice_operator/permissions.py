@@ -36,6 +36,8 @@ def needed(events_namespace: str, lease_namespace: str | None, lease_name: str,
                                                ("discovery.k8s.io", "endpointslices"))
              for v in ("get", "list", "watch")]
     perms.append(Permission("patch", "apiregistration.k8s.io", "apiservices", "status"))
+    # Terminating namespaces held up by an unavailable API (blast.py)
+    perms += [Permission(v, "", "namespaces") for v in ("list", "watch")]
     perms += [Permission(v, "", "events", namespace=events_namespace) for v in ("create", "patch")]
     if lease_namespace:
         perms.append(Permission("create", "coordination.k8s.io", "leases", namespace=lease_namespace))

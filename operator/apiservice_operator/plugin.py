@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from apiservice_operator.blast import blocked_count
 from apiservice_operator.kubeapi import GROUP, PLURAL, VERSION, Credentials
 from apiservice_operator.model import DEFAULT_CONDITION_PREFIX, ConditionTypes
 
@@ -27,7 +28,7 @@ _PATH = re.compile(r"(\d+)/(\d+) kube-apiserver (?:instances|\()")
 _FAILED = re.compile(r"from (\d+)/(\d+) endpoints")
 # the first certificate to end, from our Degraded message (decide._watch_certificates)
 _CERT_ENDS = re.compile(r"(?:earliest certificate ends |a certificate ends in \d+ days? \()(\d{4}-\d\d-\d\dT[\d:]+Z)")
-WIDE_COLUMNS = ("CERT", "MESSAGE")
+WIDE_COLUMNS = ("CERT", "BLOCKING", "MESSAGE")
 _COLOURS = {"True": "32", "False": "31", "Unknown": "33", "Degraded": "33"}
 
 
@@ -85,6 +86,7 @@ def row(obj: dict[str, Any], types: ConditionTypes, now: datetime.datetime) -> d
         "ENDPOINTS": endpoints,
         "AGE": age(meta.get("creationTimestamp"), now),
         "CERT": cert,
+        "BLOCKING": str(blocked_count(ours.get("message", ""))) if blocked_count(ours.get("message", "")) else "",
         "MESSAGE": message,
     }
 

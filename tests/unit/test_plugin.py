@@ -111,3 +111,10 @@ def test_wide_shows_the_days_until_the_first_certificate_ends() -> None:
                                  [], "2026-01-01T12:00:00Z", TYPES, 5.0)
     assert row(with_conditions(available.to_api(), degraded.to_api()), TYPES, NOW)["CERT"] == "364d"
     assert "CERT" in render([r], wide=True, colour=False) and "CERT" not in render([r], wide=False, colour=False)
+
+
+def test_wide_counts_the_namespaces_an_unavailable_api_keeps_from_being_deleted() -> None:
+    r = row(with_conditions(cond(TYPES.available, "False", "FailedDiscoveryCheck",
+                                 "failing ...; blocking deletion of 3 namespaces: a, b, c")), TYPES, NOW)
+    assert r["BLOCKING"] == "3"
+    assert row(with_conditions(cond(TYPES.available, "True", "Passed", "ok")), TYPES, NOW)["BLOCKING"] == ""
