@@ -20,8 +20,9 @@ from kopf._core.engines.peering import Identity  # a NewType of str; kopf does n
 
 from apiservice_operator import resync
 from apiservice_operator.blast import apiservice_name, blocking_group_versions
-from apiservice_operator.controller import Controller
+from apiservice_operator.controller import Controller, utc_now
 from apiservice_operator.events import EventRecorder
+from apiservice_operator.explain import explain
 from apiservice_operator.health import HealthState
 from apiservice_operator.health import serve as serve_health
 from apiservice_operator.identity import ProbeIdentity
@@ -328,7 +329,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # kopf waits up to 5 s for any task spawned after its start (our checks among them) before it
     # exits: so on SIGTERM our own loop stops first, the Lease is released, then kopf is told.
     kopf_stop = asyncio.Event()
-    runner = await serve_health(settings.metrics_port, health, metrics) if settings.metrics_port else None
+    async def explain_one(name: str) -> dict[str, Any] | None:
+        return await explain(name, inputs, settings, prober.probe_discovery, controller.path, utc_now())
+
+    runner = (await serve_health(settings.metrics_port, health, metrics, explain=explain_one)
+              if settings.metrics_port else None)
     background = [
         asyncio.create_task(_heartbeat(health), name="heartbeat"),
         asyncio.create_task(_check_permissions(credentials, perms, controller.problems), name="permissions"),

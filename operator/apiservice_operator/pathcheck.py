@@ -121,9 +121,14 @@ class PathChecker:
             recent.direct = frozenset((p.target, p.ok) for p in direct)
 
     async def _probe(self, name: str, plan: ProbePlan, now: float) -> tuple[PathResult, ...]:
+        merged, self._memory[name] = remember(self._memory.get(name, {}), await self.ask(plan), now)
+        return merged
+
+    async def ask(self, plan: ProbePlan) -> list[PathResult]:
+        """Each instance's answer now, read for who answered; nothing kept (explain uses it too)."""
         instances, server_name, _ = self.targets()
         if not instances:
-            return ()
+            return []
         raw = await self.probe(path_plan(plan, instances, self.access.ca, server_name))
         classified = [classify(r) for r in raw]
         silent = [r.target for r in raw if r.error is ErrorKind.TIMEOUT]
@@ -135,8 +140,7 @@ class PathChecker:
                           replace(r, outcome=PathOutcome.NO_ROUTE,
                                   detail=f"kube-apiserver itself does not answer (/livez too): {r.detail}")
                           for r in classified]
-        merged, self._memory[name] = remember(self._memory.get(name, {}), classified, now)
-        return merged
+        return classified
 
     async def _answering(self, instances: Sequence[Target], server_name: str) -> set[Target]:
         livez = ProbePlan(targets=tuple(instances), path="/livez", group_version="", server_name=server_name,

@@ -1,6 +1,11 @@
-"""kubectl-apiservices: a table of every APIService with kube-apiserver's verdict beside ours.
+"""kubectl-apiservices: a table of every APIService with kube-apiserver's verdict beside ours, and
+one APIService explained hop by hop.
 
     kubectl apiservices [-o wide|json] [--watch] [-l SELECTOR] [--kubeconfig FILE]
+    kubectl apiservices explain NAME [-o json] [--operator-service NAMESPACE/SERVICE:PORT]
+
+explain asks the operator (through kube-apiserver's service proxy, so it runs where the Pods are)
+for one fresh check; it needs `get services/proxy` on the operator's Service.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from apiservice_operator.blast import blocked_count
 from apiservice_operator.kubeapi import GROUP, PLURAL, VERSION, Credentials
@@ -141,7 +147,141 @@ async def main_async(args: argparse.Namespace) -> int:
         await credentials.close()
 
 
+DEFAULT_OPERATOR_SERVICE = "apiservice-operator/apiservice-operator-metrics:http"
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _certificate(c: dict[str, Any]) -> str:
+    names = f", names {', '.join(c['names'])}" if c.get("names") else ""
+    return f"{c['subject']} (issuer {c['issuer']}, ends {c['not_after']}{names})"
+
+
+def render_explain(report: dict[str, Any]) -> str:
+    """The trace as text, hop by hop; pure, so it is tested with plain dicts."""
+    a = report["apiservice"]
+    lines = [f"APIService {report['name']}: group {a['group'] or '(core)'}, version {a['version']}"]
+    if a["service"] is None:
+        lines.append("  local: kube-apiserver serves it itself")
+    else:
+        lines.append(f"  service {a['service']} port {a['port']}"
+                     + ("; insecureSkipTLSVerify" if a["insecureSkipTLSVerify"] else ""))
+        for c in a["caBundle"]:
+            lines.append(f"  caBundle: {_certificate(c)}")
+        svc = report["service"]
+        if svc is None:
+            lines.append("Service: not found")
+        else:
+            ports = ", ".join(f"{p.get('port')} {p.get('name') or '(unnamed)'} -> {p.get('targetPort', p.get('port'))}"
+                              for p in svc["ports"])
+            lines.append(f"Service: {svc['type']}" + (f" {svc['externalName']}" if svc.get("externalName") else "")
+                         + (f", ports {ports}" if ports else ""))
+        for sl in report["endpointSlices"]:
+            ports = ", ".join(f"{p.get('name')}={p.get('port')}" for p in sl["ports"])
+            eps = ", ".join(f"{'/'.join(e['addresses'])} {'not ready' if e['ready'] is False else 'ready'}"
+                            for e in sl["endpoints"]) or "no endpoints"
+            lines.append(f"EndpointSlice {sl['name']}: {eps}; ports {ports or 'none'}")
+    if report.get("resolution"):
+        r = report["resolution"]
+        lines.append(f"Resolved without a probe: {r['status']}/{r['reason']}: {r['message']}")
+    for e in report["endpoints"]:
+        lines.append(f"Endpoint {e['endpoint']} (from inside the cluster):")
+        lines.append(f"  TCP connect   {_seconds(e['tcpSeconds']) or 'failed'}")
+        presented = "; ".join(_certificate(c) for c in e["presented"]) or "nothing"
+        lines.append(f"  TLS           {_seconds(e['tlsSeconds'])}  presented {presented}")
+        lines.append(f"                {e['tls']}")
+        status = e["httpStatus"]
+        lines.append(f"  HTTP          {status if status is not None else 'no answer'}  {_seconds(e['seconds'])}"
+                     + (f"  {e['body']}" if e.get("body") else ""))
+        lines.append(f"  document      {'ok' if e['ok'] else e['detail']}")
+    if report.get("instancesVia"):
+        lines.append(f"Through kube-apiserver ({report['instancesVia']}), as users do:")
+        for i in report["instances"]:
+            lines.append(f"  {i['instance']}  {i['outcome']}  {_seconds(i['seconds'])}  {i['detail']}")
+        if not report["instances"]:
+            lines.append("  no kube-apiserver instance known")
+    kube = report["kubeApiserver"]
+    lines.append(f"kube-apiserver's own Available: {kube['status'] or '<none>'}"
+                 + (f": {kube['message']}" if kube.get("message") else ""))
+    for title, conditions in (("Our conditions now", report["current"]), ("This check says", report["verdict"])):
+        lines.append(f"{title}:")
+        lines += [f"  {c['type']}: {c['status']}/{c['reason']}: {c['message']}" for c in conditions] or ["  none yet"]
+    lines.append(f"Fix: {report['fix'] or 'see the message above'}")
+    return "\n".join(lines)
+
+
+def explain_failure(status: int, body: str, name: str, operator_service: str) -> str:
+    """Why no trace came back, in words: pure."""
+    if status == 404 and "handles no APIService" in body:
+        return f"explain: the operator handles no APIService named {name!r}"
+    if status == 429:
+        return "explain: the operator is busy with other explains; try again in a few seconds"
+    if status == 403:
+        return (f"explain: forbidden: you need `get services/proxy` on {operator_service.split(':')[0]} "
+                "(manifests/explain-rbac.yaml offers a ClusterRole to bind there)")
+    return (f"explain: no operator answers at {operator_service} through kube-apiserver (HTTP {status}: "
+            f"{body.strip()[:300]}): is it running, and is this its Service?")
+
+
+def _operator_proxy(service: str) -> tuple[str, str]:
+    namespace, _, rest = service.partition("/")
+    if not namespace or not rest:
+        raise SystemExit(f"--operator-service: want NAMESPACE/SERVICE:PORT, not {service!r}")
+    return namespace, rest
+
+
+async def explain_async(args: argparse.Namespace) -> int:
+    credentials = Credentials(args.kubeconfig)
+    await credentials.load()
+    namespace, service = _operator_proxy(args.operator_service)
+    try:
+        assert credentials.api is not None
+        api = client.CoreV1Api(credentials.api)
+        try:
+            # the raw body: the client would decode the JSON and hand back its repr as a "str"
+            response: Any = await api.connect_get_namespaced_service_proxy_with_path(
+                service, namespace, f"explain/{args.name}", _request_timeout=30, _preload_content=False)
+            status, text = response.status, await response.text()
+        except ApiException as exc:
+            status = exc.status
+            text = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
+        if status != 200:
+            print(explain_failure(status, text, args.name, args.operator_service), file=sys.stderr)
+            return 1
+        report = json.loads(text)
+        print(json.dumps(report, indent=2) if args.output == "json" else render_explain(report))
+        return 0
+    finally:
+        await credentials.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["explain"]:
+        return explain_main(argv[1:])
+    return table_main(argv)
+
+
+def explain_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="kubectl apiservices explain",
+                                description="One fresh check of one APIService, hop by hop, from the operator.")
+    p.add_argument("name")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("--kubeconfig", default=None)
+    p.add_argument("--operator-service", default=os.environ.get("APISERVICE_OPERATOR_SERVICE",
+                                                                DEFAULT_OPERATOR_SERVICE),
+                   help="the operator's Service, NAMESPACE/SERVICE:PORT (env: APISERVICE_OPERATOR_SERVICE)")
+    args = p.parse_args(argv)
+    args.kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    try:
+        return asyncio.run(explain_async(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def table_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="kubectl apiservices", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", choices=("table", "wide", "json"), default="table")

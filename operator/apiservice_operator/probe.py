@@ -11,6 +11,7 @@ import json
 import ssl
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
 
@@ -218,3 +219,41 @@ class Prober:
         except (OSError, ssl.SSLError) as exc:
             kind, detail = _classify(exc)
             return result(kind, detail)
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """One TCP connect and TLS handshake, unverified on purpose: to show what a server presents even
+    when it fails verification (explain). The verdict never rests on it; the probe verifies."""
+
+    tcp_seconds: float | None
+    tls_seconds: float | None
+    presented: tuple[Certificate, ...]
+    error: str = ""
+
+
+async def inspect_tls(target: Target, server_name: str, budget: float) -> Handshake:
+    loop = asyncio.get_running_loop()
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # we only look; no request, no credential is sent
+    tcp = tls = None
+    started = loop.time()
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(budget):
+            _, writer = await asyncio.open_connection(target.host, target.port)
+            tcp = loop.time() - started
+            await writer.start_tls(context, server_hostname=server_name)
+            tls = loop.time() - started - tcp
+            ssl_object = writer.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            leaf = certs.from_der(der) if der else None
+            return Handshake(tcp, tls, (leaf,) if leaf else ())
+    except TimeoutError:
+        return Handshake(tcp, tls, (), f"timeout: no handshake within {budget:g}s")
+    except (OSError, ssl.SSLError) as exc:
+        return Handshake(tcp, tls, (), _classify(exc)[1])
+    finally:
+        if writer is not None:
+            writer.close()

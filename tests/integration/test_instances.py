@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.controlplane import free_port
 from tests.cluster.harness import AggregatedAPI
-from tests.cluster.kube import condition, wait_conditions
+from tests.cluster.kube import Kube, condition, wait_conditions
 from tests.cluster.multiplane import MultiControlPlane
 from tests.cluster.operator import OperatorProcess, service_account_kubeconfig
+from tests.integration.test_explain import explained, operator_behind_a_service
 from tests.integration.test_scenarios import register_healthy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -24,6 +26,7 @@ OURS_TIMEOUT = 45
 # kube-apiserver re-checks a failed APIService with a backoff of up to 30 s
 RECOVERY_TIMEOUT = 120
 STABLE_FOR = 60.0
+INSTANCES_OPERATOR_PORT = free_port("0.0.0.0")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,8 @@ def instances_operator(two_apiservers: MultiControlPlane, tmp_path_factory: pyte
     work = tmp_path_factory.mktemp("instances-operator")
     kubeconfig = service_account_kubeconfig(two_apiservers, work / "sa.kubeconfig")
     proc = OperatorProcess(kubeconfig, work / "operator.log", [
-        "--probe-interval", "2", "--metrics-port", "0", "--path-probe", "instances", "--log-level", "DEBUG"]).start()
+        "--probe-interval", "2", "--metrics-port", str(INSTANCES_OPERATOR_PORT), "--path-probe", "instances",
+        "--log-level", "DEBUG"]).start()
     failed_before = request.session.testsfailed
     yield proc
     code = proc.stop()
@@ -76,7 +80,7 @@ def test_control_plane_cut_from_the_server_is_control_plane_unreachable(
 
 
 def test_one_instance_cut_is_degraded_naming_it_and_stays_put_while_kube_apiserver_flips(
-    passing_api: AggregatedAPI, two_apiservers: MultiControlPlane,
+    passing_api: AggregatedAPI, two_apiservers: MultiControlPlane, two_apiservers_kube: Kube,
 ) -> None:
     server = passing_api.servers[0]
     cut_address = two_apiservers.addresses[1]
@@ -106,5 +110,13 @@ def test_one_instance_cut_is_degraded_naming_it_and_stays_put_while_kube_apiserv
                 ours_states_in_a_minute=len(ours_seen), theirs_states=sorted(map(str, theirs_seen)),
                 theirs_changes=theirs_flips)
         assert len(ours_seen) == 1, ours_seen
+        # and explain, fetched through kube-apiserver's service proxy, names the instance that is cut
+        via = operator_behind_a_service(two_apiservers_kube, passing_api.namespace, INSTANCES_OPERATOR_PORT)
+        report = explained(two_apiservers, via, passing_api.name)
+        outcomes = {i["instance"].split(":")[0]: i["outcome"] for i in report["instances"]}
+        assert outcomes == {two_apiservers.addresses[0]: "passed", cut_address: "unreachable"}, report["instances"]
+        assert report["verdict"][1]["reason"] == "InstanceUnreachable" and report["endpoints"][0]["ok"]
+        assert "allow traffic from the named kube-apiserver hosts" in report["fix"]
+        _report("explain, one of two cut", instances=report["instances"])
     wait_conditions(passing_api, {OURS: ("True", "Passed"), OURS_DEGRADED: ("False", "AsExpected")},
                     RECOVERY_TIMEOUT)
