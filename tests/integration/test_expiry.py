@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,18 +26,21 @@ DAY = datetime.timedelta(days=1)
 
 @pytest.fixture
 def api_with(kube: Kube, namespace: str, tmp_path: Path, operator: OperatorProcess,
-             test_ca: pki.KeyPair) -> Callable[..., AggregatedAPI]:
-    made = iter(range(100))
+             test_ca: pki.KeyPair) -> Iterator[Callable[..., AggregatedAPI]]:
+    made: list[AggregatedAPI] = []
 
     def make(*, serving_for: datetime.timedelta | None = None, ca: pki.KeyPair | None = None) -> AggregatedAPI:
-        i = next(made)
+        i = len(made)
         api = AggregatedAPI(kube, namespace, f"api{i}", f"{namespace}-{i}.expiry.example.com", "v1", tmp_path,
                             ca or test_ca)
+        made.append(api)
         api.start_servers(1, valid_for=serving_for)
         register_healthy(api)
         return api
 
-    return make
+    yield make
+    for api in made:
+        api.remove()
 
 
 def test_a_serving_certificate_ending_in_3_days_degrades_and_one_ending_in_a_year_does_not(
