@@ -178,8 +178,13 @@ def _conclude_path(plan: ProbePlan, probes: Sequence[ProbeResult], budget: float
     direct_passed = [p for p in probes if p.ok]
     direct_failed = [p for p in probes if not p.ok]
     direct_refused = [p for p in direct_failed if p.error is ErrorKind.UNAUTHORIZED]
-    passed = [r for r in answering if r.outcome is PathOutcome.PASSED]
-    failed = [r for r in answering if r.outcome not in (PathOutcome.PASSED, PathOutcome.GATED)]
+    # kube-apiserver forwards each request to one endpoint of its choosing: an error status or a
+    # wrong document relayed from a server means the path works and that endpoint fails, which the
+    # endpoints' own answers show (or a verdict that flips with kube-apiserver's pick of endpoint)
+    reached = ((PathOutcome.PASSED, PathOutcome.SERVER_ERROR, PathOutcome.INVALID) if direct_passed
+               else (PathOutcome.PASSED,))
+    passed = [r for r in answering if r.outcome in reached]
+    failed = [r for r in answering if r.outcome not in (*reached, PathOutcome.GATED)]
     instances = len(answering)
     via = _via(path)
     kube_says = f"kube-apiserver's own Available says: {path.kube_message}" if path.kube_message else ""

@@ -3,6 +3,7 @@ which verdict the endpoints' and the instances' answers together make. Plain dat
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
@@ -32,10 +33,11 @@ from apiservice_operator.path import (
 TYPES = ConditionTypes()
 NOW = "2026-01-01T12:00:00Z"
 BUDGET = 5.0
-EP = Target("10.0.0.1", 8443)
+EP, EP2 = Target("10.0.0.1", 8443), Target("10.0.0.2", 8443)
 I1, I2 = Target("10.250.0.2", 6443), Target("10.250.0.3", 6443)
 PLAN = ProbePlan(targets=(EP,), path="/apis/demo.example.com/v1", group_version="demo.example.com/v1",
                  server_name="demo.default.svc", ca_bundle=None, insecure_skip_tls_verify=False)
+PLAN2 = dataclasses.replace(PLAN, targets=(EP, EP2))
 DIAL = "dial tcp 10.0.0.1:8443: i/o timeout"
 KUBE_TIMEOUT = f'failing or missing response from https://10.0.0.1:8443/apis/demo.example.com/v1: Get "...": {DIAL}'
 KUBE_403 = ("failing or missing response from https://10.0.0.1:8443/apis/demo.example.com/v1: bad status from "
@@ -77,6 +79,7 @@ class Row:
     degraded_has: tuple[str, ...] = ()
     memory: dict[Target, PathResult] = field(default_factory=dict)
     previous_reason: str | None = None
+    plan: ProbePlan | None = None  # default: PLAN, one endpoint
 
 
 ROWS = [
@@ -154,9 +157,13 @@ ROWS = [
     Row("users are served, the operator's own probe of the endpoints fails", [timeout(EP)], [ok(I1)],
         ("True", "Passed"), ("True", "DirectProbeFailed"), available_has=("through 1/1 kube-apiserver instances in",),
         degraded_has=("10.0.0.1:8443: timeout",)),
-    Row("a wrong document through kube-apiserver while the endpoints pass", [ok(EP)],
+    Row("kube-apiserver picked the endpoint that answers 500: the path works, that endpoint fails",
+        [ok(EP), answer(EP2, 500, "boom")], [answer(I1, 500, "boom")], ("True", "Passed"), ("True", "PartialFailure"),
+        available_has=("through 1/1 kube-apiserver instances and on 1/2 endpoints",),
+        degraded_has=("10.0.0.2:8443: bad status: 500",), plan=PLAN2),
+    Row("a wrong document relayed while an endpoint passes: the same", [ok(EP), answer(EP2, 200, "")],
         [ProbeResult(I1, False, 0.01, ErrorKind.INVALID_DOCUMENT, "InvalidDiscoveryDocument: kind is 'Status'", 200)],
-        ("False", "FailedDiscoveryCheck"), ("False", "Unavailable"), available_has=("InvalidDiscoveryDocument",)),
+        ("True", "Passed"), ("True", "PartialFailure"), plan=PLAN2),
 ]
 
 
@@ -168,7 +175,7 @@ def test_user_path_decides_the_verdict(row: Row) -> None:
                             identity_allowed=row.identity_allowed, kube_status=row.kube[0], kube_message=row.kube[1])
     previous = ([Condition(TYPES.available, Status.FALSE, row.previous_reason, "", NOW)]
                 if row.previous_reason else [])
-    available, degraded = decide(Resolution(plan=PLAN), row.direct, previous, NOW, TYPES, BUDGET, evidence)
+    available, degraded = decide(Resolution(plan=row.plan or PLAN), row.direct, previous, NOW, TYPES, BUDGET, evidence)
     assert (str(available.status), available.reason) == row.available, available.message
     assert (str(degraded.status), degraded.reason) == row.degraded, degraded.message
     for part in row.available_has:
