@@ -57,9 +57,13 @@ def explain(cp: ControlPlane, service: str, name: str, *extra: str) -> subproces
 
 
 def explained(cp: ControlPlane, service: str, name: str) -> dict[str, Any]:
+    """The JSON trace; the text one is printed too, for a reader of the test log."""
     done = explain(cp, service, name, "-o", "json")
     assert done.returncode == 0, done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
+    text = explain(cp, service, name)
+    assert text.returncode == 0, text.stderr
+    print(f"\n$ kubectl apiservices explain {name}\n{text.stdout}")
     return report
 
 
