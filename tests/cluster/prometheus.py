@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -25,7 +23,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.cluster.controlplane import REPO
+from tests.cluster.controlplane import REPO, stop_group
 
 MONITORING = REPO / "manifests" / "monitoring"
 RULE_MANIFEST = MONITORING / "prometheusrule.yaml"
@@ -221,16 +219,7 @@ class Prometheus:
         return self.popen is not None and self.popen.poll() is None
 
     def stop(self) -> None:
-        if self.popen is None:
-            return
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
+        stop_group(self.popen)
         self.popen = None
 
     def logs(self) -> str:

@@ -11,10 +11,8 @@ check, made as `system:masters`, still passes. That blind spot is what the suite
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -29,7 +27,7 @@ import pytest
 import yaml
 
 from tests.cluster import pki
-from tests.cluster.controlplane import REPO
+from tests.cluster.controlplane import REPO, stop_group
 from tests.cluster.harness import next_address
 
 VERSION = os.environ.get("SAMPLE_APISERVER_VERSION", "v0.37.2")
@@ -214,16 +212,7 @@ class SampleAPIServer:
                             "--wait=false", check=False)
 
     def _stop_process(self) -> None:
-        if self.popen is None:
-            return
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
+        stop_group(self.popen)
         self.popen = None
 
     def alive(self) -> bool:
