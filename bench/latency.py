@@ -1,39 +1,146 @@
-"""Detection latency: inject a fault, time until kube-apiserver's Available and ours flip; then
-repair it and time the recovery. The four faults run side by side, each on its own APIService."""
+"""Detection latency without interference: inject a fault, time until each controller's verdict
+flips; then repair it and time the recovery.
+
+kube-aggregator re-checks an APIService on every update of it, and our status write is one: timed
+on an APIService we write, its detection is ours plus its own check (DESIGN 6b). So every fault
+acts on one server (or one Service, or one path) behind two APIServices, created together, alike
+but for their group and one label:
+- the handled one, which the operator judges (ours is timed here);
+- its twin, labelled `bench-twin=true`, which the operator is started without (`--selector
+  '!bench-twin'`: it is not in its indexes, it is never probed, nothing of ours is ever written to
+  it), so kube-apiserver's Available on the twin changes only when kube-apiserver itself notices.
+kube-apiserver's Available on the handled object is kept too, as the old method measured it
+("aided": its re-check triggered by our write), for comparison only.
+
+The faults on the endpoints run on the single-instance plane; the faults of the user's path (one
+kube-apiserver instance, or every one, cut from the server with iptables) on a plane of two
+kube-apiservers (tests/cluster/multiplane.py), each lane on its own server, all lanes at once.
+"""
 
 from __future__ import annotations
 
 import random
 import signal
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from tests.cluster.harness import AggregatedAPI
+from tests.cluster import pki
+from tests.cluster.harness import SERVER_PORT, AggregatedAPI, ServerProcess, next_address
+from tests.cluster.kube import Kube
+from tests.cluster.multiplane import Cut, MultiControlPlane
 
-from bench.watcher import OURS, THEIRS, Watcher
+from bench.watcher import OURS, OURS_DEGRADED, THEIRS, Watcher
 
-BOUND = 300.0
-SETTLE_MIN, SETTLE_MAX = 2.0, 12.0  # seconds: beyond this a flip is reported as "never", not as a number
+BOUND = 120.0  # seconds: beyond this a flip is reported as "never"; kube-apiserver resyncs every 30 s
+SETTLE_MIN, SETTLE_MAX = 2.0, 12.0
+TWIN_LABEL = "bench-twin"
+OPERATOR_SELECTOR = f"!{TWIN_LABEL}"
+
+# which: the three verdicts timed for each fault
+US, TWIN, AIDED = "ours", "kube-apiserver unaided (twin)", "kube-apiserver on our object (aided, old method)"
+WHICH = (US, TWIN, AIDED)
+
+
+class TwinAPI(AggregatedAPI):
+    """An AggregatedAPI whose servers answer any group (bench/multigroup.py), registered twice: the
+    handled APIService and its twin, same Service, same servers."""
+
+    @property
+    def twin_group(self) -> str:
+        head, _, rest = self.group.partition(".")
+        return f"{head}-twin.{rest}"
+
+    @property
+    def twin(self) -> str:
+        return f"{self.version}.{self.twin_group}"
+
+    def start_multigroup_servers(self, count: int) -> None:
+        dns = f"{self.service}.{self.namespace}.svc"
+        cert, key = pki.issue(self.ca, dns, dns_names=(dns,), server=True).write(
+            self.workdir, f"{self.namespace}-{self.service}-serving")
+        for _ in range(count):
+            address = next_address()
+            proc = ServerProcess(address, SERVER_PORT, self.workdir, [])
+            proc.argv = [sys.executable, "-m", "bench.multigroup", "--address", address, "--port", str(SERVER_PORT),
+                         "--cert", str(cert), "--key", str(key), "--state", str(proc.state_file)]
+            proc.start()
+            self.servers.append(proc)
+
+    def register_both(self) -> None:
+        self.register_apiservice()
+        handled_group = self.group
+        try:
+            self.group = self.twin_group
+            self.register_apiservice(labels={TWIN_LABEL: "true"})
+        finally:
+            self.group = handled_group
+
+    def remove(self) -> None:
+        super().remove()
+        self.kube.delete(Kube.apiservice_path(self.twin))
+
+
+@dataclass
+class Lane:
+    """One fault's APIService pair, and what the fault left to undo."""
+
+    api: TwinAPI
+    cut: Cut | None = None
 
 
 @dataclass(frozen=True)
 class Fault:
     name: str
-    inject: Callable[[AggregatedAPI], None]
-    repair: Callable[[AggregatedAPI], None]
+    inject: Callable[[Lane], None]
+    repair: Callable[[Lane], None]
+    ours: tuple[str, str, str] = (OURS, "False", "True")  # (condition type, when detected, when healthy)
+    # one instance of two cut: kube-apiserver's own condition flips as the instances overwrite each
+    # other (kubernetes/kubernetes#111890), so a change back to True is no recovery
+    theirs_recovers: bool = True
+    physical: str = "budget + interval"
 
 
-FAULTS = [
-    Fault("EndpointSlice emptied", lambda a: a.write_slice([]), lambda a: a.write_slice()),
-    Fault("server hangs (SIGSTOP)", lambda a: a.servers[0].signal(signal.SIGSTOP),
-          lambda a: a.servers[0].signal(signal.SIGCONT)),
-    Fault("server killed (refused)", lambda a: a.servers[0].stop(), lambda a: a.servers[0].start()),
-    Fault("server answers 500", lambda a: a.set_state(mode="status", status=500),
-          lambda a: a.set_state(mode="healthy")),
+def _stop(lane: Lane) -> None:
+    lane.api.servers[0].stop()
+
+
+def _start(lane: Lane) -> None:
+    lane.api.servers[0].start()
+
+
+ENDPOINT_FAULTS = [
+    Fault("EndpointSlice emptied", lambda a: a.api.write_slice([]), lambda a: a.api.write_slice(), physical="event"),
+    Fault("server hangs (SIGSTOP)", lambda a: a.api.servers[0].signal(signal.SIGSTOP),
+          lambda a: a.api.servers[0].signal(signal.SIGCONT)),
+    Fault("server killed (refused)", _stop, _start, physical="interval"),
+    Fault("server answers 500", lambda a: a.api.set_state(mode="status", status=500),
+          lambda a: a.api.set_state(mode="healthy"), physical="interval"),
 ]
+
+
+def path_faults(plane: MultiControlPlane) -> list[Fault]:
+    def cut(which: int | str) -> Callable[[Lane], None]:
+        def inject(lane: Lane) -> None:
+            server = lane.api.servers[0]
+            lane.cut = plane.cut(which, server.address, server.port)  # type: ignore[arg-type]
+        return inject
+
+    def restore(lane: Lane) -> None:
+        if lane.cut is not None:
+            lane.cut.restore()
+            lane.cut = None
+
+    return [
+        Fault("every kube-apiserver instance cut from the server (path)", cut("all"), restore,
+              physical="budget + interval + /livez"),
+        Fault("one of two instances cut from the server (path)", cut(1), restore,
+              ours=(OURS_DEGRADED, "True", "False"), theirs_recovers=False, physical="budget + interval + /livez"),
+    ]
 
 
 @dataclass
@@ -41,44 +148,63 @@ class Samples:
     """fault -> phase ('fault' | 'recovery') -> which -> [seconds or None]"""
 
     data: dict[str, dict[str, dict[str, list[float | None]]]] = field(default_factory=dict)
+    faults: dict[str, Fault] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)  # e.g. the operator's interval on each plane
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, fault: str, phase: str, which: str, value: float | None) -> None:
         with self.lock:
             self.data.setdefault(fault, {}).setdefault(phase, {}).setdefault(which, []).append(value)
 
+    def median(self, fault: str, which: str, phase: str = "fault") -> float | None:
+        return summarise(self.data.get(fault, {}).get(phase, {}).get(which, []))[0]
 
-def _one_fault(fault: Fault, api: AggregatedAPI, watcher: Watcher, reps: int, samples: Samples) -> None:
+
+def _targets(fault: Fault, lane: Lane) -> dict[str, tuple[str, str, str, str]]:
+    """which -> (APIService, condition type, status when detected, status when healthy)"""
+    ctype, bad, good = fault.ours
+    return {US: (lane.api.name, ctype, bad, good), TWIN: (lane.api.twin, THEIRS, "False", "True"),
+            AIDED: (lane.api.name, THEIRS, "False", "True")}
+
+
+def one_fault(fault: Fault, lane: Lane, watcher: Watcher, reps: int, samples: Samples) -> None:
     rng = random.Random(fault.name)
+    targets = _targets(fault, lane)
     for _ in range(reps):
-        for which in (OURS, THEIRS):  # start from healthy on both
-            if watcher.current(api.name, which) != "True":
-                watcher.wait(api.name, which, "True", 0, BOUND)
-        # Settle, then strike at a random moment: a status write is an update event that makes
-        # kube-aggregator re-check at once, so a fault injected right after one would land inside
-        # that triggered check and flatter it (seen in a first run: a hang "detected" in 5.0 s).
+        for name, ctype, _, good in targets.values():  # start from healthy everywhere
+            if watcher.current(name, ctype) != good:
+                watcher.wait(name, ctype, good, 0, BOUND)
+        # Strike at a random moment: right after a status write kube-aggregator re-checks at once,
+        # and a fault landing inside that check would flatter it; kube-apiserver's 30 s resync has a
+        # phase of its own, which a random moment samples evenly over many repetitions.
         time.sleep(rng.uniform(SETTLE_MIN, SETTLE_MAX))
         t0 = time.monotonic()
-        fault.inject(api)
-        for which in (OURS, THEIRS):
-            t = watcher.wait(api.name, which, "False", t0, BOUND)
+        fault.inject(lane)
+        for which, (name, ctype, bad, _) in targets.items():
+            t = watcher.wait(name, ctype, bad, t0, BOUND)
             samples.add(fault.name, "fault", which, None if t is None else t - t0)
         t1 = time.monotonic()
-        fault.repair(api)
-        for which in (OURS, THEIRS):
-            t = watcher.wait(api.name, which, "True", t1, BOUND)
+        fault.repair(lane)
+        for which, (name, ctype, bad, good) in targets.items():
+            if which != US and not fault.theirs_recovers:
+                continue
+            if watcher.current(name, ctype) == good and watcher.wait(name, ctype, bad, t0, 0) is None:
+                continue  # it never flipped: there is nothing to recover from
+            t = watcher.wait(name, ctype, good, t1, BOUND)
             samples.add(fault.name, "recovery", which, None if t is None else t - t1)
 
 
-def run(make_api: Callable[[str], AggregatedAPI], watcher: Watcher, reps: int) -> Samples:
-    samples = Samples()
-    apis = [(fault, make_api(f"lat{i}")) for i, fault in enumerate(FAULTS)]
-    threads = [threading.Thread(target=_one_fault, args=(f, a, watcher, reps, samples)) for f, a in apis]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return samples
+def start_lanes(faults: list[Fault], make_api: Callable[[str], TwinAPI], watcher: Watcher, reps: int,
+                samples: Samples, prefix: str) -> list[threading.Thread]:
+    threads = []
+    for i, fault in enumerate(faults):
+        samples.faults[fault.name] = fault
+        lane = Lane(make_api(f"{prefix}{i}"))
+        thread = threading.Thread(target=one_fault, args=(fault, lane, watcher, reps, samples),
+                                  name=f"lane:{fault.name}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    return threads
 
 
 def summarise(values: list[float | None]) -> tuple[float | None, float | None, int]:

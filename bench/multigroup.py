@@ -16,9 +16,16 @@ _PATH = re.compile(r"^/apis/([^/]+)/([^/?]+)")
 class MultiGroupServer(Server):
     async def respond(self, writer: asyncio.StreamWriter, path: str, state: dict[str, Any]) -> bool:
         match = _PATH.match(path)
-        if match and state.get("mode", "healthy") == "healthy" and not state.get("delay"):
-            await self.send(writer, 200, discovery_document(match[1], match[2]))
-            return True
+        mode = state.get("mode", "healthy")
+        if match and not state.get("delay"):
+            if mode == "healthy":
+                await self.send(writer, 200, discovery_document(match[1], match[2]))
+                return True
+            if mode == "status":
+                # aggserver's own answers 404 to any group but its one, before it looks at the mode
+                code = int(state.get("status", 500))
+                await self.send(writer, code, {"kind": "Status", "status": "Failure", "code": code})
+                return True
         return await super().respond(writer, path, state)
 
 
