@@ -153,15 +153,22 @@ async def explain(name: str, inputs: Inputs, settings: Settings, probe: Callable
 
 
 def _endpoint(result: ProbeResult, handshake: Handshake, plan: ProbePlan) -> dict[str, Any]:
-    verified = result.error is not ErrorKind.TLS and result.status_code is not None
+    if plan.insecure_skip_tls_verify:
+        tls = "not verified: insecureSkipTLSVerify"
+    elif result.error is ErrorKind.TLS:
+        tls = result.detail
+    elif result.status_code is not None:
+        tls = f"verified against spec.caBundle for {plan.server_name}"
+    elif handshake.presented:
+        tls = f"handshake completed; no HTTP answer followed ({result.detail})"
+    else:
+        tls = handshake.error or result.detail
     return {
         "endpoint": result.target.endpoint,
         "tcpSeconds": _round(handshake.tcp_seconds),
         "tlsSeconds": _round(handshake.tls_seconds),
         "presented": [_cert(c) for c in handshake.presented],
-        "tls": ("not verified: insecureSkipTLSVerify" if plan.insecure_skip_tls_verify else
-                f"verified against spec.caBundle for {plan.server_name}" if verified else
-                result.detail if result.error is ErrorKind.TLS else handshake.error or "no handshake"),
+        "tls": tls,
         "httpStatus": result.status_code,
         "seconds": round(result.latency, 4),
         "ok": result.ok,

@@ -118,6 +118,7 @@ def test_explain_a_hung_endpoint_names_the_timeout(
     (endpoint,) = report["endpoints"]
     assert not endpoint["ok"] and endpoint["detail"].startswith("timeout"), endpoint
     assert endpoint["tcpSeconds"] is not None  # it accepts; it never answers
+    assert endpoint["tls"].startswith("handshake completed; no HTTP answer followed"), endpoint
     assert report["verdict"][0]["reason"] == "FailedDiscoveryCheck"
     assert "no request within the budget" in report["fix"]
 
