@@ -25,12 +25,13 @@ from tests.cluster import pki
 from tests.cluster.controlplane import KUBE_VERSION, REPO, ControlPlane, ensure_binaries, free_port
 from tests.cluster.kube import Kube, wait_for
 from tests.cluster.multiplane import MultiControlPlane, unavailable_reason
-from tests.cluster.operator import OperatorProcess, install_manifests, service_account_kubeconfig
+from tests.cluster.operator import install_manifests, service_account_kubeconfig
 
 from bench import latency, load, report, scale, targets
 from bench.watcher import Watcher
 
-ENV = ("BENCH_REPS", "BENCH_SIZES", "BENCH_HANG", "BENCH_HANG_BOUND", "BENCH_WINDOW", "BENCH_PATH")
+ENV = ("BENCH_REPS", "BENCH_SIZES", "BENCH_HANG", "BENCH_HANG_BOUND", "BENCH_WINDOW", "BENCH_PATH",
+       "BENCH_OPERATOR_PATH")
 
 
 def say(text: str) -> None:
@@ -62,7 +63,7 @@ def latency_phase(planes: dict[str, Plane], work: Path, ca: pki.KeyPair, reps: i
     """Every lane of every plane at once; returns the samples and each plane's periodic interval."""
     samples = latency.Samples()
     threads: list[threading.Thread] = []
-    operators: dict[str, tuple[OperatorProcess, int]] = {}
+    operators: dict[str, tuple[scale.Operator, int]] = {}
     apis: list[latency.TwinAPI] = []
     try:
         for key, plane in planes.items():
@@ -83,8 +84,8 @@ def latency_phase(planes: dict[str, Plane], work: Path, ca: pki.KeyPair, reps: i
                 return api
 
             port = free_port()
-            op = OperatorProcess(plane.kubeconfig, work / f"operator-latency-{key}.log",
-                                 ["--metrics-port", str(port), *scale.OPERATOR_ARGS]).start()
+            op = scale.Operator(plane.kubeconfig, work / f"operator-latency-{key}.log",
+                                ["--metrics-port", str(port), *scale.OPERATOR_ARGS]).start()
             operators[key] = (op, port)
             if key == "path":
                 assert isinstance(plane.cp, MultiControlPlane)
@@ -115,6 +116,8 @@ def main() -> int:
     with_path = os.environ.get("BENCH_PATH", "1") != "0"
     command = " ".join(f"{k}={os.environ[k]}" for k in ENV if k in os.environ) + " make bench"
     notes: list[str] = []
+    if os.environ.get("BENCH_OPERATOR_PATH"):
+        notes.append(f"THE OPERATOR RAN FROM {os.environ['BENCH_OPERATOR_PATH']}, not from this commit's operator/")
 
     say("measuring the machine's load before anything starts (10 s)")
     before = load.measure(10)
@@ -163,6 +166,8 @@ def main() -> int:
         verdicts = targets.evaluate(samples, results, hangs, intervals.get("endpoints"))
         stamp = datetime.date.today().isoformat()
         what = f"twins-n{max(sizes, default=0)}-r{reps}"
+        if os.environ.get("BENCH_OPERATOR_PATH"):
+            what += "-proposed-operator"
         out = REPO / "bench" / "results"
         out.mkdir(parents=True, exist_ok=True)
         facts = {"date": stamp, "Kubernetes": KUBE_VERSION, **report.machine_facts()}

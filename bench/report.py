@@ -142,8 +142,9 @@ def profile_summary(raw: str, seconds: float | None = None, top: int = 12) -> li
         ours[_frame(mine[-1]) if mine else "(not under apiservice_operator: kopf's watches and handlers)"] += count
     if not total:
         return ["(no profile samples)"]
-    busy = f", about {100 * total / (100 * seconds):.0f} % of one core at 100 samples/s" if seconds else ""
-    lines = [f"{total} samples of a running thread{busy}. By leaf function:", ""]
+    over = f" over {seconds:.0f} s at 100 per second (all threads; the CPU figure is in the scale table)" \
+        if seconds else ""
+    lines = [f"{total} samples of running threads{over}. By leaf function:", ""]
     lines += [f"- {100 * c / total:5.1f} %  {f}" for f, c in leaf.most_common(top)]
     lines += ["", "By the package of the leaf frame:", ""]
     lines += [f"- {100 * c / total:5.1f} %  {f}" for f, c in package.most_common(top)]
