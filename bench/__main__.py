@@ -114,7 +114,7 @@ def main() -> int:
     hang_bound = float(os.environ.get("BENCH_HANG_BOUND", "60"))
     window = float(os.environ.get("BENCH_WINDOW", "30"))
     with_path = os.environ.get("BENCH_PATH", "1") != "0"
-    command = " ".join(f"{k}={os.environ[k]}" for k in ENV if k in os.environ) + " make bench"
+    command = " ".join([*(f"{k}={os.environ[k]}" for k in ENV if k in os.environ), "make bench"])
     notes: list[str] = []
     if os.environ.get("BENCH_OPERATOR_PATH"):
         notes.append(f"THE OPERATOR RAN FROM {os.environ['BENCH_OPERATOR_PATH']}, not from this commit's operator/")

@@ -6,6 +6,7 @@ import collections
 import math
 import platform
 import re
+import textwrap
 from pathlib import Path
 
 from bench.latency import AIDED, BOUND, TWIN, US, WHICH, Samples, summarise
@@ -198,7 +199,7 @@ def plot(path: Path, samples: Samples, scale: list[ScaleResult]) -> None:
                                  (0.27, AIDED, "kube-apiserver on our object (old method)")):
         medians = [summarise(samples.data[f]["fault"].get(which, []))[0] or 0 for f in faults]
         left.bar([i + offset for i in x], medians, width=0.27, label=label)
-    left.set_xticks(list(x), [f.replace(" (", "\n(").replace(" from the", "\nfrom the") for f in faults], fontsize=7)
+    left.set_xticks(list(x), [textwrap.fill(f, 18) for f in faults], fontsize=7)
     left.set_ylabel("median detection time (s)")
     left.set_title("Detection latency")
     left.legend(fontsize=8)
