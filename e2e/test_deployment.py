@@ -210,3 +210,30 @@ def test_control_plane_cut_from_the_pods_names_the_hop(deployed: Kube, backend: 
     t1 = time.monotonic()
     wait_conditions(api, {OURS: ("True", "Passed"), "Available": ("True", "Passed")}, 120)
     report("control-plane-restored", ours_after_s=round(time.monotonic() - t1, 2))
+
+
+def test_an_unavailable_api_holds_up_namespace_deletion_and_says_which(
+    deployed: Kube, backend: Backend, namespace: str,
+) -> None:
+    """The real namespace controller cannot delete a namespace while discovery is incomplete
+    (NamespaceDeletionDiscoveryFailure); our message and gauge say which deletions an outage holds up."""
+    api = backend.create(namespace, f"{namespace}.blast.e2e.example.com", 1)
+    wait_conditions(api, {OURS: ("True", "Passed")}, 120)
+    api.stop(0)
+    wait_conditions(api, {OURS: ("False", "FailedDiscoveryCheck")}, 120)
+    victim = f"{namespace}-victim"
+    deployed.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": victim}})
+    deployed.create(f"/api/v1/namespaces/{victim}/configmaps",
+                    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "data"}, "data": {"k": "v"}})
+    t0 = time.monotonic()
+    deployed.delete(f"/api/v1/namespaces/{victim}")
+    found = wait_conditions(api, {OURS: ("False", "FailedDiscoveryCheck")}, 180,
+                            messages={OURS: f"blocking deletion of 1 namespace: {victim}"})
+    report("blast-radius", seen_after_s=round(time.monotonic() - t0, 2), message=found[OURS]["message"][-160:])
+    api.start(0)
+    t1 = time.monotonic()
+    found = wait_conditions(api, {OURS: ("True", "Passed")}, 120)
+    assert "blocking" not in found[OURS]["message"]
+    wait_for(lambda: deployed.get_or_none(f"/api/v1/namespaces/{victim}") is None, 600,
+             f"namespace {victim} deleted once discovery works", interval=2)
+    report("blast-radius-cleared", namespace_gone_after_s=round(time.monotonic() - t1, 2))
