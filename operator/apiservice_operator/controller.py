@@ -192,26 +192,28 @@ class Controller:
         else:
             self._probed.add(name)
             checker, interval = self.path, self.periodic_interval()
-            through: tuple[tuple[PathResult, ...], bool] = ((), False)
+            through: tuple[PathResult, ...] = ()
+            fresh = False
             async with self._probe_slots:
                 self.stats.probes += 1
                 if checker is not None and checker.due(name, interval):
                     # side by side: a hang costs one budget, not two
-                    probes, through = await asyncio.gather(self.probe(plan), checker.check(name, plan, None, interval))
-                    checker.settle(name, probes)
+                    probes, (through, fresh) = await asyncio.gather(
+                        self.probe(plan), checker.check(name, plan, None, interval))
                 else:
                     probes = await self.probe(plan)
                     if checker is not None:
-                        through = await checker.check(name, plan, probes, interval)
+                        through, fresh = await checker.check(name, plan, probes, interval)
             self.metrics.observe_probes(name, probes)
             self.metrics.observe_certificates(name, plan, probes)
+            if checker is not None and fresh:
+                self.metrics.observe_path(through)
+                through = checker.settle(name, through, probes)
             apiservice = self.inputs.apiservice(name)  # fresher previous conditions after the wait
             if apiservice is None:
                 return
             if checker is not None:
-                if through[1]:
-                    self.metrics.observe_path(through[0])
-                path = await checker.evidence(apiservice, plan, through[0])
+                path = await checker.evidence(apiservice, plan, through)
         await self._settle(name, apiservice, resolution, probes, path)
 
     async def _settle(self, name: str, apiservice: Obj, resolution: Resolution, probes: list[ProbeResult],

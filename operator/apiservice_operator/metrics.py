@@ -82,8 +82,7 @@ class Metrics:
 
     def observe_path(self, results: Sequence[PathResult]) -> None:
         for result in results:
-            if not result.remembered:
-                self.path_probes.labels(outcome=str(result.outcome)).inc()
+            self.path_probes.labels(outcome=str(result.outcome)).inc()
 
     def observe_certificates(self, name: str, plan: ProbePlan, results: Sequence[ProbeResult]) -> None:
         ends = [c.not_after for p in results if p.ok for c in p.served] + [c.not_after for c in plan.ca_certificates]

@@ -101,27 +101,26 @@ class PathChecker:
 
     async def check(self, name: str, plan: ProbePlan, direct: Sequence[ProbeResult] | None,
                     interval: float) -> tuple[tuple[PathResult, ...], bool]:
-        """Each instance's answer for one check. `direct` None: the endpoints are being probed at the
-        same time (the path was due anyway); otherwise a recent path answer is reused unless the
-        endpoints' answers changed since it was taken. The flag says whether the instances were asked now."""
-        signature = frozenset((p.target, p.ok) for p in direct) if direct is not None else None
+        """Each instance's answer for one check, and whether the instances were asked now (then the
+        answers are fresh and settle() must follow, once the endpoints' answers are known). `direct`
+        None: the endpoints are being probed at the same time (the path was due anyway); otherwise a
+        recent settled answer is reused unless the endpoints' answers changed since it was taken."""
         recent = self._recent.get(name)
-        now = self.clock()
-        if (recent is not None and signature is not None and now - recent.at < interval
-                and recent.direct == signature):
+        if (recent is not None and direct is not None and self.clock() - recent.at < interval
+                and recent.direct == _signature(direct)):
             return recent.results, False
-        results = await self._probe(name, plan, now)
-        self._recent[name] = _Recent(results, now, signature or frozenset())
-        return results, True
+        return tuple(await self.ask(plan)), True
 
-    def settle(self, name: str, direct: Sequence[ProbeResult]) -> None:
-        """After a concurrent check: remember what the endpoints said beside the path answer."""
+    def settle(self, name: str, fresh: tuple[PathResult, ...], direct: Sequence[ProbeResult]) -> tuple[PathResult, ...]:
+        """Fresh answers, with each gated one replaced by that instance's last own answer (path.remember).
+        When the endpoints have just come back, what the instances met while the server was down is
+        about that outage, not the path: it is forgotten (else a recovery reads as ControlPlaneUnreachable)."""
+        now = self.clock()
         recent = self._recent.get(name)
-        if recent is not None:
-            recent.direct = frozenset((p.target, p.ok) for p in direct)
-
-    async def _probe(self, name: str, plan: ProbePlan, now: float) -> tuple[PathResult, ...]:
-        merged, self._memory[name] = remember(self._memory.get(name, {}), await self.ask(plan), now)
+        if any(p.ok for p in direct) and recent is not None and not any(ok for _, ok in recent.direct):
+            self._memory.pop(name, None)
+        merged, self._memory[name] = remember(self._memory.get(name, {}), fresh, now)
+        self._recent[name] = _Recent(merged, now, _signature(direct))
         return merged
 
     async def ask(self, plan: ProbePlan) -> list[PathResult]:
@@ -159,6 +158,10 @@ class PathChecker:
         identity = f"{self.identity.namespace}/{self.identity.name}" if self.identity else ""
         return PathEvidence(via=via, results=results, identity=identity, identity_allowed=allowed,
                             kube_status=kube[0], kube_message=kube[1])
+
+
+def _signature(direct: Sequence[ProbeResult]) -> frozenset[tuple[Target, bool]]:
+    return frozenset((p.target, p.ok) for p in direct)
 
 
 def kube_available(apiservice: Obj) -> tuple[Status | None, str]:

@@ -3,6 +3,7 @@ probe per instance per APIService per interval, unless what the endpoints say ha
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from apiservice_operator.model import ErrorKind, ProbePlan, ProbeResult, Status, Target
@@ -44,7 +45,7 @@ async def test_each_instance_is_asked_once_per_interval_while_the_endpoints_say_
     path, sent, clock = checker()
     direct = [ProbeResult(EP, True, 0.01)]
     first, fresh = await path.check("demo", PLAN, None, interval=10.0)
-    path.settle("demo", direct)
+    first = path.settle("demo", first, direct)
     assert fresh and [r.outcome for r in first] == [PathOutcome.PASSED, PathOutcome.PASSED]
     assert [t.endpoint for t in sent[0].targets] == ["10.250.0.2:6443", "10.250.0.3:6443"]
     assert (sent[0].server_name, sent[0].ca_bundle) == ("kubernetes.default.svc", b"CA")
@@ -58,17 +59,55 @@ async def test_each_instance_is_asked_once_per_interval_while_the_endpoints_say_
 
 async def test_a_change_at_the_endpoints_asks_the_instances_again_at_once() -> None:
     path, sent, clock = checker()
-    await path.check("demo", PLAN, [ProbeResult(EP, True, 0.01)], interval=10.0)
+    passing = [ProbeResult(EP, True, 0.01)]
+    results, _ = await path.check("demo", PLAN, passing, interval=10.0)
+    path.settle("demo", results, passing)
     clock.now += 1
+    _, fresh = await path.check("demo", PLAN, passing, interval=10.0)
+    assert not fresh and len(sent) == 1
     _, fresh = await path.check("demo", PLAN, [ProbeResult(EP, False, 5.0)], interval=10.0)
     assert fresh and len(sent) == 2
 
 
 async def test_forget_drops_what_was_kept() -> None:
     path, _, _ = checker()
-    await path.check("demo", PLAN, None, interval=10.0)
+    results, _ = await path.check("demo", PLAN, None, interval=10.0)
+    path.settle("demo", results, [ProbeResult(EP, True, 0.01)])
+    assert not path.due("demo", 10.0)
     path.forget("demo")
     assert path.due("demo", 10.0)
+
+
+async def test_what_instances_met_while_the_server_was_down_is_forgotten_when_it_comes_back() -> None:
+    """Found by make bench: a killed server's recovery read as ControlPlaneUnreachable, because the
+    instances' last own answers ("dial ... refused") stood in for kube-apiserver's gated 503."""
+    answers: list[ProbeResult] = []
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        if plan.path == "/livez":  # the instances themselves are alive
+            return [ProbeResult(t, False, 0.01, None, "ok", 200) for t in plan.targets]
+        return [dataclasses.replace(answers[0], target=t)
+                for t in plan.targets]
+
+    path = PathChecker("instances", ACCESS, Slices(), probe, None, Clock())
+    down, back = [ProbeResult(EP, False, 0.01, ErrorKind.REFUSED, "connection refused")], [ProbeResult(EP, True, 0.01)]
+    answers[:] = [ProbeResult(Target("x", 1), False, 0.01, ErrorKind.HTTP_STATUS, "bad status: 503", 503,
+                              "Error trying to reach service: dial tcp 10.0.0.1:8443: connect: connection refused")]
+    fresh, _ = await path.check("demo", PLAN, None, interval=0.0)
+    assert {r.outcome for r in path.settle("demo", fresh, down)} == {PathOutcome.UNREACHABLE}
+    answers[:] = [ProbeResult(Target("x", 1), False, 0.01, ErrorKind.HTTP_STATUS, "bad status: 503", 503,
+                              "service unavailable")]
+    fresh, _ = await path.check("demo", PLAN, None, interval=0.0)
+    assert {r.outcome for r in path.settle("demo", fresh, back)} == {PathOutcome.GATED}
+    # a cut while the endpoints keep passing: that memory stands through kube-apiserver's gate
+    answers[:] = [ProbeResult(Target("x", 1), False, 5.0, ErrorKind.TIMEOUT, "timeout")]
+    fresh, _ = await path.check("demo", PLAN, None, interval=0.0)
+    assert {r.outcome for r in path.settle("demo", fresh, back)} == {PathOutcome.UNREACHABLE}
+    answers[:] = [ProbeResult(Target("x", 1), False, 0.01, ErrorKind.HTTP_STATUS, "bad status: 503", 503,
+                              "service unavailable")]
+    fresh, _ = await path.check("demo", PLAN, None, interval=0.0)
+    kept = path.settle("demo", fresh, back)
+    assert {(r.outcome, r.remembered) for r in kept} == {(PathOutcome.UNREACHABLE, True)}
 
 
 async def test_outside_the_cluster_the_kubeconfig_server_is_asked_and_named() -> None:

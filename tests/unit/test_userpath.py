@@ -201,6 +201,7 @@ def test_one_cut_instance_keeps_the_same_verdict_while_kube_apiserver_flips() ->
 @pytest.mark.parametrize(("result", "outcome"), [
     (ok(I1), PathOutcome.PASSED),
     (answer(I1, 503, GATED), PathOutcome.GATED),
+    (answer(I1, 404, "404 page not found\n"), PathOutcome.GATED),
     (answer(I1, 503, f"Error trying to reach service: {DIAL}"), PathOutcome.UNREACHABLE),
     (timeout(I1), PathOutcome.UNREACHABLE),
     (answer(I1, 401, "Unauthorized"), PathOutcome.REFUSED),
@@ -210,7 +211,8 @@ def test_one_cut_instance_keeps_the_same_verdict_while_kube_apiserver_flips() ->
     (ProbeResult(I1, False, 0.01, ErrorKind.INVALID_DOCUMENT, "InvalidDiscoveryDocument", 200), PathOutcome.INVALID),
     (refused(I1), PathOutcome.NO_ROUTE),
     (ProbeResult(I1, False, 0.01, ErrorKind.TLS, "tls: certificate verify failed"), PathOutcome.NO_ROUTE),
-], ids=["2xx", "gate", "proxy-dial-error", "timeout", "401", "403", "500-review-forbidden", "500", "invalid",
+], ids=["2xx", "gate", "not-routed-yet", "proxy-dial-error", "timeout", "401", "403", "500-review-forbidden", "500",
+        "invalid",
         "instance-refused", "instance-tls"])
 def test_classify_reads_who_answered(result: ProbeResult, outcome: PathOutcome) -> None:
     assert classify(result).outcome is outcome
