@@ -60,10 +60,15 @@ def _previous_bucket(previous: Condition | None) -> str | None:
     return found.group(1) if found else None
 
 
-def _list_failures(failures: Sequence[ProbeResult]) -> str:
-    shown = [f.describe() for f in sorted(failures, key=lambda f: f.target.endpoint)[:MAX_ENDPOINTS_IN_MESSAGE]]
-    more = len(failures) - len(shown)
+def _listed(entries: Sequence[tuple[str, str]]) -> str:
+    """(endpoint, words) pairs, by endpoint, at most MAX_ENDPOINTS_IN_MESSAGE of them."""
+    shown = [words for _, words in sorted(entries)[:MAX_ENDPOINTS_IN_MESSAGE]]
+    more = len(entries) - len(shown)
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def _list_failures(failures: Sequence[ProbeResult]) -> str:
+    return _listed([(f.target.endpoint, f.describe()) for f in failures])
 
 
 def _unauthorized_message(plan: ProbePlan, failures: Sequence[ProbeResult]) -> str:
@@ -148,9 +153,7 @@ def _conclude_direct(plan: ProbePlan, probes: Sequence[ProbeResult], budget: flo
 
 
 def _list_path(results: Sequence[PathResult]) -> str:
-    shown = [r.describe() for r in sorted(results, key=lambda r: r.instance.endpoint)[:MAX_ENDPOINTS_IN_MESSAGE]]
-    more = len(results) - len(shown)
-    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+    return _listed([(r.instance.endpoint, r.describe()) for r in results])
 
 
 def _via(path: PathEvidence) -> str:
@@ -346,7 +349,8 @@ def _watch_certificates(plan: ProbePlan, probes: Sequence[ProbeResult], degraded
     if soon:
         first = soon[0][0]
         days = max(0, int(certs.seconds_left(first, now) // 86400))
-        listed = "; ".join(f"{where} {subject}, ending {ends}" for ends, where, subject in soon[:10])
+        listed = "; ".join(f"{where} {subject}, ending {ends}"
+                           for ends, where, subject in soon[:MAX_ENDPOINTS_IN_MESSAGE])
         return Verdict(Status.TRUE, "CertificateExpiring",
                        f"a certificate ends in {days} day{'' if days == 1 else 's'} ({first}), within the "
                        f"{warning / 86400:g}-day warning: "

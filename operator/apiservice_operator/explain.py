@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any
 
 from apiservice_operator.blast import group_version
+from apiservice_operator.controller import Inputs
 from apiservice_operator.decide import decide, our_conditions
-from apiservice_operator.model import Certificate, Condition, ErrorKind, Obj, ProbePlan, ProbeResult
+from apiservice_operator.model import Certificate, Condition, ErrorKind, ProbePlan, ProbeResult, Status
 from apiservice_operator.path import PathEvidence, PathResult
 from apiservice_operator.pathcheck import PathChecker, kube_available
 from apiservice_operator.probe import Handshake, inspect_tls
@@ -20,15 +21,6 @@ from apiservice_operator.resolve import resolve
 from apiservice_operator.settings import Settings
 
 Inspect = Callable[..., Awaitable[Handshake]]
-
-
-class Inputs(Protocol):
-    """What the watches know (as the controller's Inputs)."""
-
-    def apiservice(self, name: str) -> Obj | None: ...
-    def service(self, namespace: str, name: str) -> Obj | None: ...
-    def slices(self, namespace: str, name: str) -> list[Obj]: ...
-    def blocked_namespaces(self, group_version: str) -> list[str]: ...
 
 
 def _cert(c: Certificate) -> dict[str, Any]:
@@ -60,7 +52,7 @@ def fix_for(available: Condition, degraded: Condition, plan: ProbePlan | None,
         }
         return by_kind.get(first.error or ErrorKind.CONNECTION, "")
     fixes = {
-        "Passed": "nothing to fix" if degraded.status.value != "True" else "",
+        "Passed": "nothing to fix" if degraded.status is not Status.TRUE else "",
         "Local": "nothing to fix: kube-apiserver serves it itself",
         "ServiceNotFound": "create the Service spec.service names, or point spec.service at the right one",
         "ServicePortError": "add spec.service.port to the Service's ports, or set spec.service.port to one it has",
@@ -78,7 +70,7 @@ def fix_for(available: Condition, degraded: Condition, plan: ProbePlan | None,
         "AwaitingKubeAPIServer": "nothing yet: kube-apiserver re-checks within seconds; explain again",
     }
     fix = fixes.get(reason, "")
-    if not fix and degraded.status.value == "True":
+    if not fix and degraded.status is Status.TRUE:
         fix = {
             "InstanceUnreachable": f"allow traffic from the named kube-apiserver hosts to the Pods on {ports}",
             "CertificateExpiring": "renew the named certificate before it ends",

@@ -92,7 +92,7 @@ def row(obj: dict[str, Any], types: ConditionTypes, now: datetime.datetime) -> d
         "ENDPOINTS": endpoints,
         "AGE": age(meta.get("creationTimestamp"), now),
         "CERT": cert,
-        "BLOCKING": str(blocked_count(ours.get("message", ""))) if blocked_count(ours.get("message", "")) else "",
+        "BLOCKING": str(blocking) if (blocking := blocked_count(ours.get("message", ""))) else "",
         "MESSAGE": message,
     }
 
