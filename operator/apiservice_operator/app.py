@@ -253,7 +253,7 @@ def path_checker(settings: Settings, credentials: Credentials, inputs: IndexInpu
     if mode == "off":
         return None
     log.info("path probe: through %s", "each kube-apiserver instance" if mode == "instances" else access.server)
-    return PathChecker(mode=mode, access=access, slices=inputs, probe=prober.probe_discovery, identity=identity,
+    return PathChecker(mode=mode, access=access, slices=inputs, probe=prober.probe_every, identity=identity,
                        clock=time.monotonic, pick=settings.picked_instances)
 
 
@@ -330,7 +330,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # exits: so on SIGTERM our own loop stops first, the Lease is released, then kopf is told.
     kopf_stop = asyncio.Event()
     async def explain_one(name: str) -> dict[str, Any] | None:
-        return await explain(name, inputs, settings, prober.probe_discovery, controller.path, utc_now())
+        return await explain(name, inputs, settings, prober.probe_every, controller.path, utc_now())
 
     runner = (await serve_health(settings.metrics_port, health, metrics, explain=explain_one)
               if settings.metrics_port else None)

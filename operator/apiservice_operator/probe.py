@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from apiservice_operator import __version__, certs
+from apiservice_operator import __version__, certs, pool
 from apiservice_operator.model import Certificate, ErrorKind, ProbePlan, ProbeResult, Target
+from apiservice_operator.silence import Silence
 
 MAX_BODY_BYTES = 1 << 20
 MAX_EXCERPT_BYTES = 4096  # of a non-2xx body, read only to quote who refused and why
@@ -116,6 +117,11 @@ class Prober:
         self.token_source = token_source
         self.max_body = max_body
         self._clients: OrderedDict[tuple[bytes | None, bool, str], httpx.AsyncClient] = OrderedDict()
+        self._pools: dict[tuple[bytes | None, bool, str], pool.ConnectionPool] = {}
+        self.silence = Silence()
+
+    def connections_opened(self) -> int:
+        return sum(p.opened for p in self._pools.values())
 
     def _client(self, plan: ProbePlan) -> httpx.AsyncClient:
         key = (plan.ca_bundle, plan.insecure_skip_tls_verify, plan.server_name)
@@ -123,30 +129,53 @@ class Prober:
         if client is not None:
             self._clients.move_to_end(key)
             return client
-        client = httpx.AsyncClient(
-            verify=ssl_context_for(plan), follow_redirects=False, trust_env=False,
-            timeout=httpx.Timeout(self.budget),
-            # keep every connection: many APIServices often share one Service, and a closed one costs a TLS
-            # handshake (12% of the CPU at N=1000 with 8 kept) and an address lookup in a thread
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=30),
-        )
+        transport, self._pools[key] = pool.transport(ssl_context_for(plan))
+        client = httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False,
+                                   timeout=httpx.Timeout(self.budget))
         self._clients[key] = client
         while len(self._clients) > MAX_CLIENTS:
-            _, evicted = self._clients.popitem(last=False)
+            old, evicted = self._clients.popitem(last=False)
+            self._pools.pop(old, None)
             asyncio.get_running_loop().create_task(evicted.aclose())
         return client
 
     async def aclose(self) -> None:
-        clients, self._clients = list(self._clients.values()), OrderedDict()
+        clients, self._clients, self._pools = list(self._clients.values()), OrderedDict(), {}
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
     async def probe_discovery(self, plan: ProbePlan) -> list[ProbeResult]:
+        """Each endpoint of an aggregated server; one that has answered nothing for a whole budget
+        while a probe to it is still open is judged at once (silence.py)."""
+        return await self._probe(plan, judge_silence=True)
+
+    async def probe_every(self, plan: ProbePlan) -> list[ProbeResult]:
+        """Every request sent, no silence judged: for kube-apiserver's instances (each relays every
+        APIService to another server, so its silence on one says nothing about the next), and for
+        explain (a person asking wants this request's own answer)."""
+        return await self._probe(plan, judge_silence=False)
+
+    async def _probe(self, plan: ProbePlan, judge_silence: bool) -> list[ProbeResult]:
         try:
             client = self._client(plan)
         except InvalidCABundle as exc:
             return [ProbeResult(t, False, 0.0, ErrorKind.TLS, str(exc)) for t in plan.targets]
-        results = await asyncio.gather(*(self._probe_one(client, plan, t) for t in plan.targets))
-        return list(results)
+        if not judge_silence:
+            return list(await asyncio.gather(*(self._probe_one(client, plan, t) for t in plan.targets)))
+        return list(await asyncio.gather(*(self._probe_unless_silent(client, plan, t) for t in plan.targets)))
+
+    async def _probe_unless_silent(self, client: httpx.AsyncClient, plan: ProbePlan, target: Target) -> ProbeResult:
+        now = asyncio.get_running_loop().time
+        started = now()
+        judged = self.silence.start(target, started)
+        if judged is not None:
+            return ProbeResult(target, False, 0.0, ErrorKind.TIMEOUT, judged)
+        answered: bool | None = None
+        try:
+            result = await self._probe_one(client, plan, target)
+            answered = result.error is not ErrorKind.TIMEOUT
+            return result
+        finally:
+            self.silence.end(target, started, now(), answered)
 
     @staticmethod
     async def _excerpt(response: httpx.Response) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from apiservice_operator import pool
 from apiservice_operator.model import ErrorKind, ProbePlan, Target
 from apiservice_operator.probe import Prober
 from tests.cluster import pki
@@ -139,3 +141,102 @@ async def test_compressed_body_is_refused_before_it_is_inflated(tmp_path: Path) 
         ok, error, detail = await probe_once(plan(server.port))
     assert (ok, error) == (False, ErrorKind.INVALID_DOCUMENT)
     assert "Content-Encoding 'gzip'" in detail
+
+
+async def test_sequential_probes_reuse_one_kept_connection(server: Server) -> None:
+    prober = Prober(5.0, lambda: "secret-token")
+    try:
+        results = [await prober.probe_discovery(plan(server.port)) for _ in range(20)]
+        opened = prober.connections_opened()
+    finally:
+        await prober.aclose()
+    assert all(r.ok for [r] in results)
+    assert opened == 1
+
+
+async def test_concurrent_probes_each_get_a_connection_and_the_pool_keeps_a_few(server: Server) -> None:
+    server.set(mode="healthy", delay=0.3)  # all 30 are open at once
+    prober = Prober(5.0, lambda: "secret-token")
+    try:
+        results = await asyncio.gather(*(prober.probe_discovery(plan(server.port)) for _ in range(30)))
+        opened = prober.connections_opened()
+        kept = sum(p.idle() for p in prober._pools.values())
+    finally:
+        await prober.aclose()
+    assert all(r.ok for [r] in results)
+    assert opened == 30  # none waited for another's connection
+    assert kept == pool.KEEP_PER_ADDRESS
+
+
+async def test_a_connection_the_server_closed_is_not_reused(server: Server) -> None:
+    prober = Prober(5.0, lambda: "secret-token")
+    try:
+        [first] = await prober.probe_discovery(plan(server.port))
+        server.set(mode="close")  # the kept connection's next request is answered by a close
+        [closed] = await prober.probe_discovery(plan(server.port))
+        server.set(mode="healthy")
+        await asyncio.sleep(0.2)
+        [after] = await prober.probe_discovery(plan(server.port))
+        opened = prober.connections_opened()
+    finally:
+        await prober.aclose()
+    assert first.ok and not closed.ok and after.ok
+    assert opened == 2
+
+
+async def test_a_hung_server_holds_none_of_another_servers_probes(tmp_path: Path) -> None:
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    hung, healthy = Server(tmp_path / "a"), Server(tmp_path / "b")
+    prober = Prober(1.0, lambda: "secret-token")
+    try:
+        hung.set(mode="hang")
+        results = await asyncio.gather(*(prober.probe_discovery(plan(s.port)) for s in [hung, healthy] * 40))
+    finally:
+        await prober.aclose()
+        hung.stop()
+        healthy.stop()
+    by_port: dict[int, set[object]] = {}
+    for [r] in results:
+        by_port.setdefault(r.target.port, set()).add(r.error)
+    assert by_port == {hung.port: {ErrorKind.TIMEOUT}, healthy.port: {None}}
+
+
+async def test_a_server_silent_for_a_budget_is_judged_without_a_new_request_while_one_is_open(server: Server) -> None:
+    server.set(mode="hang")
+    prober = Prober(1.0, lambda: "secret-token")
+    try:
+        first = asyncio.create_task(prober.probe_discovery(plan(server.port)))
+        await asyncio.sleep(0.5)
+        second = asyncio.create_task(prober.probe_discovery(plan(server.port)))  # open past the first's end
+        [timed_out] = await first
+        [judged] = await prober.probe_discovery(plan(server.port))
+        sent = prober.connections_opened()
+        [also_timed_out] = await second
+        server.set(mode="healthy")
+        [scout] = await prober.probe_discovery(plan(server.port))  # nothing open: asked again, and it answers
+        [after] = await prober.probe_discovery(plan(server.port))
+    finally:
+        await prober.aclose()
+    assert timed_out.error is ErrorKind.TIMEOUT and "no complete answer within 1s" in timed_out.detail
+    assert judged.error is ErrorKind.TIMEOUT and "has answered no request for 1s (1 still waiting)" in judged.detail
+    assert sent == 2  # the judged probe sent nothing
+    assert also_timed_out.error is ErrorKind.TIMEOUT
+    assert scout.ok and after.ok
+
+
+async def test_the_path_prober_judges_no_silence(server: Server) -> None:
+    server.set(mode="hang")
+    prober = Prober(1.0, lambda: "secret-token")
+    try:
+        first = asyncio.create_task(prober.probe_every(plan(server.port)))
+        await asyncio.sleep(0.5)
+        second = asyncio.create_task(prober.probe_every(plan(server.port)))
+        await first
+        [asked] = await prober.probe_every(plan(server.port))
+        await second
+        opened = prober.connections_opened()
+    finally:
+        await prober.aclose()
+    assert asked.error is ErrorKind.TIMEOUT and "no complete answer" in asked.detail
+    assert opened == 3
