@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from apiservice_operator.controller import Controller
-from apiservice_operator.model import Condition, Obj, ProbePlan, ProbeResult
+from apiservice_operator.model import Condition, ErrorKind, Obj, ProbePlan, ProbeResult
 from apiservice_operator.schedule import ProbeQueue
 from apiservice_operator.settings import Settings
 from tests import builders
@@ -266,3 +266,35 @@ async def test_periodic_probes_of_a_few_apiservices_come_every_min_interval() ->
     await run_for(controller, 30.5)
     assert 30 <= controller.stats.probes <= 35  # every 0.9-1 s (jitter), not every 10 s
     assert len(recorder.writes) == 1
+
+
+async def test_a_server_gone_for_one_apiservice_rechecks_the_others_behind_it_at_once() -> None:
+    world = World()
+    shared = [world.add(f"s{i}.example.com", address="10.0.0.9") for i in range(20)]
+    elsewhere = world.add("elsewhere.example.com", address="10.0.0.10")
+    state = {"down": False}
+    asked: list[str] = []
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        asked.append(plan.path)
+        if state["down"]:
+            return [ProbeResult(t, False, 0.01, ErrorKind.REFUSED, "connection refused") if t.host == "10.0.0.9"
+                    else ProbeResult(t, True, 0.01) for t in plan.targets]
+        return healthy(plan)
+
+    recorder = Recorder(world)
+    controller = Controller(Settings(probe_interval=30, min_probe_interval=30), world, probe, recorder.write)
+    controller.changed_now([*shared, elsewhere])
+    task = asyncio.create_task(controller.run())
+    await asyncio.sleep(1)
+    state["down"] = True
+    down = asyncio.get_running_loop().time()
+    await asyncio.sleep(31)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    flipped = [t for n, conds, t in recorder.writes if n in shared and conds[0].reason == "FailedDiscoveryCheck"]
+    assert len(flipped) == 20
+    # the first was found at its turn in the 30 s interval; the other 19 right after it, not at theirs
+    assert max(flipped) - min(flipped) < 0.1
+    assert min(flipped) > down
+    assert asked.count("/apis/elsewhere.example.com/v1") == 2  # start and its own turn: no news for it
