@@ -54,8 +54,8 @@ def event_for_transition(before: dict[str, Condition], available: Condition, deg
                                        (prior_d is not None and prior_d.status is Status.TRUE))
     if was_bad:
         return EventSpec("Normal", "Recovered", f"{available.type} is True again: {available.message}")
-    if prior_a is None:
-        return EventSpec("Normal", available.reason, f"{available.type} is True: {available.message}")
+    # a first verdict that all is well is no news: the condition says it, and an operator (re)started
+    # beside 1,000 APIServices would post 1,000 Events saying nothing happened
     return None
 
 

@@ -74,10 +74,11 @@ def test_events_of_an_outage_and_its_recovery(aggregated_api: Callable[..., Aggr
     wait_conditions(api, {OURS: ("False", "FailedDiscoveryCheck")}, OURS_TIMEOUT)
     api.set_state(mode="healthy")
     wait_conditions(api, {OURS: ("True", "Passed")}, OURS_TIMEOUT)
-    events = wait_for(lambda: (e := events_of(kube, api.name)) and len(e) >= 3 and e, 10, "three events")
+    events = wait_for(lambda: (e := events_of(kube, api.name)) and len(e) >= 2 and e, 10, "two events")
     seen = [(e["type"], e["reason"]) for e in events]
-    assert seen == [("Normal", "Passed"), ("Warning", "FailedDiscoveryCheck"), ("Normal", "Recovered")], seen
-    assert "bad status: 503" in str(events[1]["message"])
+    # the first Passed is no news (an operator restarted beside many APIServices would post one each)
+    assert seen == [("Warning", "FailedDiscoveryCheck"), ("Normal", "Recovered")], seen
+    assert "bad status: 503" in str(events[0]["message"])
     assert all(e["source"]["component"] == "apiservice-operator" for e in events)
     print(f"\n--- events of {api.name} ---\n" + "\n".join(
         f"{e['type']:8} {e['reason']:22} count={e['count']} {e['message']}" for e in events))

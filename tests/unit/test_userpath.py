@@ -264,8 +264,10 @@ def test_awaiting_kube_apiserver_makes_no_event_and_the_verdict_after_it_counts_
     passed = Condition(TYPES.available, Status.TRUE, "Passed", "discovery passed", NOW)
     as_expected = Condition(TYPES.degraded, Status.FALSE, "AsExpected", "", NOW)
     assert event_for_transition({}, awaiting, as_expected) is None
-    first = event_for_transition({TYPES.available: awaiting}, passed, as_expected)
-    assert first is not None and (first.type, first.reason) == ("Normal", "Passed")
+    assert event_for_transition({TYPES.available: awaiting}, passed, as_expected) is None  # all well: no news
+    failed_first = Condition(TYPES.available, Status.FALSE, "FailedDiscoveryCheck", "", NOW)
+    first = event_for_transition({TYPES.available: awaiting}, failed_first, as_expected)
+    assert first is not None and (first.type, first.reason) == ("Warning", "FailedDiscoveryCheck")
     failed = Condition(TYPES.available, Status.FALSE, "FailedDiscoveryCheck", "", NOW)
     back = Condition(TYPES.available, Status.FALSE, "AwaitingKubeAPIServer", "", NOW)
     assert event_for_transition({TYPES.available: failed}, back, as_expected) is None
