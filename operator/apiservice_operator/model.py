@@ -90,7 +90,7 @@ class Resolution:
 class ProbeResult:
     target: Target
     ok: bool
-    latency: float  # seconds from the start of the probe to the end of the body (or the failure)
+    latency: float  # seconds from the probe's start to the body's end (or the failure), less our loop's stalls
     error: ErrorKind | None = None
     detail: str = ""  # human-readable: "connection refused", "HTTP 500", ...
     status_code: int | None = None  # the HTTP status, where an answer came

@@ -23,7 +23,9 @@ from types import TracebackType
 import httpcore
 import httpx
 
-KEEP_PER_ADDRESS = 8  # idle connections kept per (host, port); more are closed when given back
+# idle connections kept per (host, port), more are closed when given back: each costs ~70 KiB, and
+# with 8 a steady 170 probes/s at N = 1,000 still spent 12 % of the CPU on new TLS handshakes
+KEEP_PER_ADDRESS = 16
 KEEPALIVE_SECONDS = 30.0
 
 _Address = tuple[bytes, bytes, int]

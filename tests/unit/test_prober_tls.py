@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,3 +241,22 @@ async def test_the_path_prober_judges_no_silence(server: Server) -> None:
         await prober.aclose()
     assert asked.error is ErrorKind.TIMEOUT and "no complete answer" in asked.detail
     assert opened == 3
+
+
+async def test_our_own_event_loop_stall_is_not_counted_as_the_servers_latency(server: Server) -> None:
+    prober = Prober(5.0, lambda: "secret-token")
+
+    async def stall_while_the_answer_waits() -> None:
+        await asyncio.sleep(0.02)  # the request is out; the answer comes back within milliseconds
+        time.sleep(1.0)  # noqa: ASYNC251 - on purpose: the loop is held, the answer waits in the socket
+
+    try:
+        await prober.probe_discovery(plan(server.port))  # a kept connection, and the lag ticker running
+        started = time.monotonic()
+        [result], _ = await asyncio.gather(prober.probe_discovery(plan(server.port)), stall_while_the_answer_waits())
+        took = time.monotonic() - started
+    finally:
+        await prober.aclose()
+    assert result.ok
+    assert took >= 1.0
+    assert result.latency < 0.5, result.latency
