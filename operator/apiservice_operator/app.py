@@ -254,7 +254,7 @@ def path_checker(settings: Settings, credentials: Credentials, inputs: IndexInpu
         return None
     log.info("path probe: through %s", "each kube-apiserver instance" if mode == "instances" else access.server)
     return PathChecker(mode=mode, access=access, slices=inputs, probe=prober.probe_every, identity=identity,
-                       clock=time.monotonic, pick=settings.picked_instances)
+                       clock=time.monotonic, pick=settings.picked_instances, probe_relayed=prober.probe_relayed)
 
 
 def default_identity() -> str:

@@ -11,7 +11,7 @@ import http.cookiejar
 import json
 import ssl
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import httpx
@@ -161,27 +161,35 @@ class Prober:
     async def probe_discovery(self, plan: ProbePlan) -> list[ProbeResult]:
         """Each endpoint of an aggregated server; one that has answered nothing for a whole budget
         while a probe to it is still open is judged at once (silence.py)."""
-        return await self._probe(plan, judge_silence=True)
+        return await self._probe(plan, lambda t: t, lambda t: t.endpoint)
+
+    async def probe_relayed(self, plan: ProbePlan, relayed_to: frozenset[Target]) -> list[ProbeResult]:
+        """Each kube-apiserver instance, for an APIService whose endpoints are `relayed_to`: judged at
+        once when that instance has relayed nothing back from those endpoints for a whole budget."""
+        relay = ", ".join(sorted(t.endpoint for t in relayed_to))
+        return await self._probe(plan, lambda t: (t, relayed_to), lambda t: f"{t.endpoint} relaying to {relay}")
 
     async def probe_every(self, plan: ProbePlan) -> list[ProbeResult]:
-        """Every request sent, no silence judged: for kube-apiserver's instances (each relays every
-        APIService to another server, so its silence on one says nothing about the next), and for
-        explain (a person asking wants this request's own answer)."""
-        return await self._probe(plan, judge_silence=False)
+        """Every request sent, no silence judged: for explain (a person asking wants this request's
+        own answer) and /livez."""
+        return await self._probe(plan, None, None)
 
-    async def _probe(self, plan: ProbePlan, judge_silence: bool) -> list[ProbeResult]:
+    async def _probe(self, plan: ProbePlan, lane: Callable[[Target], Hashable] | None,
+                     who: Callable[[Target], str] | None) -> list[ProbeResult]:
         try:
             client = self._client(plan)
         except InvalidCABundle as exc:
             return [ProbeResult(t, False, 0.0, ErrorKind.TLS, str(exc)) for t in plan.targets]
-        if not judge_silence:
+        if lane is None or who is None:
             return list(await asyncio.gather(*(self._probe_one(client, plan, t) for t in plan.targets)))
-        return list(await asyncio.gather(*(self._probe_unless_silent(client, plan, t) for t in plan.targets)))
+        return list(await asyncio.gather(*(self._probe_unless_silent(client, plan, t, lane(t), who(t))
+                                           for t in plan.targets)))
 
-    async def _probe_unless_silent(self, client: httpx.AsyncClient, plan: ProbePlan, target: Target) -> ProbeResult:
+    async def _probe_unless_silent(self, client: httpx.AsyncClient, plan: ProbePlan, target: Target,
+                                   lane: Hashable, who: str) -> ProbeResult:
         now = asyncio.get_running_loop().time
         started = now()
-        judged = self.silence.start(target, started)
+        judged = self.silence.start(lane, started, who)
         if judged is not None:
             return ProbeResult(target, False, 0.0, ErrorKind.TIMEOUT, judged)
         answered: bool | None = None
@@ -190,7 +198,7 @@ class Prober:
             answered = result.error is not ErrorKind.TIMEOUT
             return result
         finally:
-            self.silence.end(target, started, now(), answered)
+            self.silence.end(lane, started, now(), answered)
 
     @staticmethod
     async def _excerpt(response: httpx.Response) -> str:

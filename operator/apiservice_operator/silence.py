@@ -6,15 +6,17 @@ hung server, 329 of them flipped within 60 s). An endpoint that has answered non
 sent to it during a whole budget, while one is still open, is judged at once for the next: the
 open one keeps asking for all of them, and the first answer of any kind ends the silence.
 
+The same holds for a kube-apiserver instance relaying to those endpoints: its lane is the pair
+(instance, the endpoints it relays to), so its silence on one server says nothing about another.
+
 Pure bookkeeping: the prober tells it when a probe starts and how it ended; times are the
 caller's clock.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
-
-from apiservice_operator.model import Target
 
 
 @dataclass
@@ -26,22 +28,22 @@ class _Seen:
 
 class Silence:
     def __init__(self) -> None:
-        self._seen: dict[Target, _Seen] = {}
+        self._seen: dict[Hashable, _Seen] = {}
 
-    def start(self, target: Target, now: float) -> str | None:
+    def start(self, lane: Hashable, now: float, who: str) -> str | None:
         """None: send the probe (it is counted open). Otherwise why it is judged without sending:
-        the endpoint is silent and a probe already open to it will say when that ends."""
-        seen = self._seen.setdefault(target, _Seen())
+        the lane is silent and a probe already open on it will say when that ends. `who` names it."""
+        seen = self._seen.setdefault(lane, _Seen())
         if seen.silent_since is not None and seen.open > 0:
-            return (f"timeout: {target.endpoint} has answered no request for {now - seen.silent_since:.0f}s "
+            return (f"timeout: {who} has answered no request for {now - seen.silent_since:.0f}s "
                     f"({seen.open} still waiting); not asked again until it answers one")
         seen.open += 1
         return None
 
-    def end(self, target: Target, started: float, now: float, answered: bool | None) -> None:
+    def end(self, lane: Hashable, started: float, now: float, answered: bool | None) -> None:
         """A probe sent at `started` ended: with some answer (True), with none within its budget
         (False), or abandoned before either (None: a newer check replaced it)."""
-        seen = self._seen.get(target)
+        seen = self._seen.get(lane)
         if seen is None:
             return
         seen.open = max(0, seen.open - 1)
@@ -51,8 +53,8 @@ class Silence:
         elif answered is False and seen.answered_at < started and seen.silent_since is None:
             seen.silent_since = started
         if seen.open == 0 and seen.silent_since is None:
-            del self._seen[target]  # only silent endpoints and those with open probes are kept
+            del self._seen[lane]  # only silent lanes and those with open probes are kept
 
-    def silent(self, target: Target) -> bool:
-        seen = self._seen.get(target)
+    def silent(self, lane: Hashable) -> bool:
+        seen = self._seen.get(lane)
         return seen is not None and seen.silent_since is not None
