@@ -220,8 +220,11 @@ class Prober:
         served: tuple[Certificate, ...] = ()
 
         def result(error: ErrorKind | None, detail: str = "", code: int | None = None, body: str = "") -> ProbeResult:
-            # the server's latency as far as we can tell: our own loop's stalls meanwhile taken out (looplag.py)
-            latency = max(0.0, loop.time() - started - (self.lag.total - lag_before))
+            # the server's latency as far as we can tell: our own loop's stalls meanwhile taken out (looplag.py);
+            # no answer within the budget is a wait of the whole budget, whatever our loop did
+            latency = loop.time() - started
+            if error is not ErrorKind.TIMEOUT:
+                latency = max(0.0, latency - (self.lag.total - lag_before))
             return ProbeResult(target, error is None, latency, error, detail or "ok", code, body, served)
 
         headers = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": USER_AGENT}

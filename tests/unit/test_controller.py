@@ -298,3 +298,27 @@ async def test_a_server_gone_for_one_apiservice_rechecks_the_others_behind_it_at
     assert max(flipped) - min(flipped) < 0.1
     assert min(flipped) > down
     assert asked.count("/apis/elsewhere.example.com/v1") == 2  # start and its own turn: no news for it
+
+
+async def test_one_slow_answer_moves_nothing_and_a_slow_pace_shows_at_its_second_answer() -> None:
+    world = World()
+    name = world.add("paced.example.com")
+    latencies = iter([0.01, 3.0, 0.01, 3.0, 3.0, 3.0])
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        return [ProbeResult(t, True, next(latencies, 0.01)) for t in plan.targets]
+
+    recorder = Recorder(world)
+    controller = Controller(Settings(probe_interval=10, min_probe_interval=10), world, probe, recorder.write)
+
+    async def check_and_read() -> dict[str, Any]:
+        await controller.check(name)
+        return recorder.last(name)
+
+    assert (await check_and_read())["Degraded"] == ("False", "AsExpected")
+    assert (await check_and_read())["Degraded"] == ("False", "AsExpected")  # a spike: no write
+    assert (await check_and_read())["Degraded"] == ("False", "AsExpected")
+    assert len(recorder.writes) == 1
+    assert (await check_and_read())["Degraded"] == ("False", "AsExpected")  # slow once more: one answer
+    assert (await check_and_read())["Degraded"] == ("True", "SlowDiscovery")  # and again: the pace is slow
+    assert len(recorder.writes) == 2
