@@ -67,14 +67,14 @@ def latency_table(samples: Samples, intervals: dict[str, float]) -> list[str]:
 def scale_table(results: list[ScaleResult]) -> list[str]:
     rows = ["| N | first verdicts from the operator's start: median / all | all Passed | sweep | periodic interval "
             "| operator CPU (% of one core) | RSS now / peak | writes at rest | writes per transition | checks/s "
-            "| kube-apiserver: Available on all to serving all |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| connections opened/s | kube-apiserver: Available on all to serving all |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rows.append(f"| {r.n} | {_opt(r.first_verdict_median_s)} / {_opt(r.first_verdicts_s)} | "
                     f"{_opt(r.all_passed_s)} | {r.sweep_s:.2f} s | "
                     f"{r.interval_s:g} s | {r.cpu_percent:.1f} % | {r.rss_mib:.0f} / {r.peak_rss_mib:.0f} MiB | "
                     f"{r.writes_steady:.0f} in {r.window_s:.0f} s | {r.writes_for_flip:.2f} ({r.flipped} flipped) | "
-                    f"{r.probes_per_s:.1f} | {_opt(r.routed_s)} |")
+                    f"{r.probes_per_s:.1f} | {r.connections_per_s:.1f} | {_opt(r.routed_s)} |")
     return rows
 
 

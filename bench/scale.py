@@ -219,6 +219,7 @@ class ScaleResult:
     writes_for_flip: float
     probes_per_s: float  # checks of APIServices (each probes every endpoint)
     path_probes_per_s: float  # the operator's own count: requests through kube-apiserver
+    connections_per_s: float  # TCP+TLS connections the prober opened, in the steady window
     kube_sa_rps: float  # requests kube-apiserver dispatched for ServiceAccounts (the operator's and the probe's)
     kube_rps_with: float  # every request kube-apiserver dispatched, with the operator
     kube_rps_without: float
@@ -291,6 +292,7 @@ def measure(cp: ControlPlane, kube: Kube, kubeconfig: Path, workdir: Path, ca: p
             writes_steady=metric(m1, writes) - metric(m0, writes), flipped=0, writes_for_flip=float("nan"),
             probes_per_s=rate("apiservice_operator_probes_total"),
             path_probes_per_s=rate("apiservice_operator_path_probes_total"),
+            connections_per_s=rate("apiservice_operator_probe_connections_opened_total"),
             kube_sa_rps=(apiserver_dispatched(a1, "service-accounts") - apiserver_dispatched(a0, "service-accounts"))
             / span,
             kube_rps_with=(apiserver_dispatched(a1) - apiserver_dispatched(a0)) / span, kube_rps_without=float("nan"),

@@ -289,9 +289,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await credentials.load()
     prober_id = probe_identity(settings, credentials)
     # the operator's own token never leaves for an aggregated server: only the probe identity's
-    prober = Prober(settings.probe_timeout, prober_id.token if prober_id else lambda: None)
-    inputs = IndexInputs()
     metrics = Metrics()
+    prober = Prober(settings.probe_timeout, prober_id.token if prober_id else lambda: None,
+                    on_connection=metrics.probe_connections.inc)
+    inputs = IndexInputs()
     health = HealthState(leader_election=settings.leader_election)
     recorder = EventRecorder(credentials, settings.events_namespace, identity)
 

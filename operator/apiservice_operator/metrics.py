@@ -52,6 +52,10 @@ class Metrics:
             "Terminating namespaces whose deletion waits on this APIService's discovery "
             "(their NamespaceDeletionDiscoveryFailure condition names its group/version)", ["name"], registry=r)
         self.probes = Counter("apiservice_operator_probes_total", "APIService probes (all endpoints)", registry=r)
+        self.probe_connections = Counter(
+            "apiservice_operator_probe_connections_opened_total",
+            "TCP+TLS connections the prober opened (to endpoints and kube-apiserver instances): a rate near the "
+            "probe rate means connections are not reused", registry=r)
         self.status_writes = Counter(
             "apiservice_operator_status_writes_total", "Server-side applies of our conditions", registry=r)
         self.status_write_errors = Counter(

@@ -125,8 +125,10 @@ class Prober:
     """Holds one HTTP client per (trust, server name), so connections are reused but a connection
     verified for one server name is never reused for another."""
 
-    def __init__(self, budget: float, token_source: TokenSource, max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, budget: float, token_source: TokenSource, max_body: int = MAX_BODY_BYTES,
+                 on_connection: Callable[[], None] | None = None) -> None:
         self.budget = budget
+        self.on_connection = on_connection
         self.token_source = token_source
         self.max_body = max_body
         self._clients: OrderedDict[tuple[bytes | None, bool, str], httpx.AsyncClient] = OrderedDict()
@@ -143,7 +145,7 @@ class Prober:
         if client is not None:
             self._clients.move_to_end(key)
             return client
-        transport, self._pools[key] = pool.transport(ssl_context_for(plan))
+        transport, self._pools[key] = pool.transport(ssl_context_for(plan), on_open=self.on_connection)
         client = httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False,
                                    timeout=httpx.Timeout(self.budget), cookies=_NoCookies())
         self._clients[key] = client

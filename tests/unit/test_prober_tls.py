@@ -23,11 +23,11 @@ CA = pki.make_ca("prober-test-ca")
 
 
 class Server:
-    def __init__(self, tmp: Path, cert_for: str = SERVER_NAME, ca: pki.KeyPair = CA) -> None:
+    def __init__(self, tmp: Path, cert_for: str = SERVER_NAME, ca: pki.KeyPair = CA, port: int | None = None) -> None:
         pair = pki.issue(ca, cert_for, dns_names=(cert_for,), server=True)
         cert, key = pair.write(tmp, f"srv-{cert_for}")
         self.state, self.record = tmp / f"state-{cert_for}.json", tmp / f"req-{cert_for}.jsonl"
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.cluster.aggserver", "--address", "127.0.0.1", "--port", str(self.port),
              "--cert", str(cert), "--key", str(key), "--group", "demo.example.com", "--version", "v1",
@@ -61,8 +61,9 @@ def plan(port: int, *, server_name: str = SERVER_NAME, insecure: bool = False, c
                      ca_bundle=None if insecure else ca, insecure_skip_tls_verify=insecure)
 
 
-async def probe_once(p: ProbePlan, token: str | None = "secret-token", **kwargs: int) -> tuple[bool, object, str]:
-    prober = Prober(5.0, lambda: token, **kwargs)
+async def probe_once(p: ProbePlan, token: str | None = "secret-token",
+                     max_body: int = 1 << 20) -> tuple[bool, object, str]:
+    prober = Prober(5.0, lambda: token, max_body=max_body)
     try:
         [result] = await prober.probe_discovery(p)
     finally:
@@ -281,3 +282,20 @@ async def test_our_own_event_loop_stall_is_not_counted_as_the_servers_latency(se
     assert result.ok
     assert took >= 1.0
     assert result.latency < 0.5, result.latency
+
+
+async def test_a_kept_connection_the_server_dropped_meanwhile_is_not_used(tmp_path: Path) -> None:
+    first = Server(tmp_path)
+    prober = Prober(5.0, lambda: "secret-token")
+    try:
+        [before] = await prober.probe_discovery(plan(first.port))
+        first.stop()  # a restart: the kept connection's other end is gone
+        again = Server(tmp_path, port=first.port)
+        await asyncio.sleep(0.2)
+        [after] = await prober.probe_discovery(plan(again.port))
+        opened = prober.connections_opened()
+        again.stop()
+    finally:
+        await prober.aclose()
+    assert before.ok and after.ok, after.detail
+    assert opened == 2
