@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from apiservice_operator import pool
 from apiservice_operator.model import ErrorKind, ProbePlan, Target
-from apiservice_operator.probe import Prober
+from apiservice_operator.probe import LANE_SLOTS, Prober
 from tests.cluster import pki
 from tests.cluster.controlplane import REPO, free_port
 
@@ -156,18 +155,32 @@ async def test_sequential_probes_reuse_one_kept_connection(server: Server) -> No
     assert opened == 1
 
 
-async def test_concurrent_probes_each_get_a_connection_and_the_pool_keeps_a_few(server: Server) -> None:
-    server.set(mode="healthy", delay=0.3)  # all 30 are open at once
+async def test_a_burst_to_one_endpoint_shares_a_lanes_connections(server: Server) -> None:
+    server.set(mode="healthy", delay=0.3)  # 40 at once: 16 in flight, the others wait for a slot
     prober = Prober(5.0, lambda: "secret-token")
     try:
-        results = await asyncio.gather(*(prober.probe_discovery(plan(server.port)) for _ in range(30)))
+        results = await asyncio.gather(*(prober.probe_discovery(plan(server.port)) for _ in range(40)))
         opened = prober.connections_opened()
         kept = sum(p.idle() for p in prober._pools.values())
     finally:
         await prober.aclose()
     assert all(r.ok for [r] in results)
-    assert opened == 30  # none waited for another's connection
-    assert kept == pool.KEEP_PER_ADDRESS
+    assert opened == LANE_SLOTS == kept
+    assert max(r.latency for [r] in results) < 1.0  # the wait for a slot is not the server's latency
+
+
+async def test_waiters_on_a_silent_lane_are_judged_once_they_get_a_slot(server: Server) -> None:
+    server.set(mode="hang")
+    prober = Prober(1.0, lambda: "secret-token")
+    try:
+        results = await asyncio.gather(*(prober.probe_discovery(plan(server.port)) for _ in range(40)))
+        opened = prober.connections_opened()
+    finally:
+        await prober.aclose()
+    details = [r.detail for [r] in results]
+    assert sum("no complete answer within 1s" in d for d in details) == LANE_SLOTS
+    assert sum("has answered no request" in d for d in details) == 40 - LANE_SLOTS
+    assert opened == LANE_SLOTS
 
 
 async def test_a_connection_the_server_closed_is_not_reused(server: Server) -> None:
