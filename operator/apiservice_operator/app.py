@@ -254,7 +254,7 @@ def path_checker(settings: Settings, credentials: Credentials, inputs: IndexInpu
         return None
     log.info("path probe: through %s", "each kube-apiserver instance" if mode == "instances" else access.server)
     return PathChecker(mode=mode, access=access, slices=inputs, probe=prober.probe_every, identity=identity,
-                       clock=time.monotonic, pick=settings.picked_instances, probe_relayed=prober.probe_relayed)
+                       clock=time.monotonic, pick=settings.picked_instances)
 
 
 def default_identity() -> str:
@@ -300,7 +300,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         return await write_conditions(credentials, name, conditions)
 
     controller = Controller(settings=settings, inputs=inputs, probe=prober.probe_discovery, write=write,
-                            metrics=metrics, record_event=recorder.record,
+                            metrics=metrics, record_event=recorder.record, silent=prober.silence.silent,
                             path=path_checker(settings, credentials, inputs, prober, prober_id))
     health.problems = controller.problems
     controller_box = {"controller": controller}

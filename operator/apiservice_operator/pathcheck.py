@@ -67,8 +67,6 @@ class _Recent:
 
 
 ProbeFn = Callable[[ProbePlan], Awaitable[list[ProbeResult]]]
-# asks the instances of a path plan for an APIService whose endpoints are the frozenset
-RelayedProbeFn = Callable[[ProbePlan, frozenset[Target]], Awaitable[list[ProbeResult]]]
 
 
 @dataclass
@@ -81,9 +79,6 @@ class PathChecker:
     clock: Callable[[], float]
     pick: Sequence[str] = ()
     live_within: float = 2.5  # seconds: a live kube-apiserver answers /livez in milliseconds
-    # the checks' way to ask, judging an instance silent towards one server at once (silence.py);
-    # None: every request is sent, as `probe` (explain) does
-    probe_relayed: RelayedProbeFn | None = None
     _memory: dict[str, Memory] = field(default_factory=dict)
     _recent: dict[str, _Recent] = field(default_factory=dict)
 
@@ -114,7 +109,7 @@ class PathChecker:
         if (recent is not None and direct is not None and self.clock() - recent.at < interval
                 and recent.direct == _signature(direct)):
             return recent.results, False
-        return tuple(await self.ask(plan, judge_silence=True)), True
+        return tuple(await self.ask(plan)), True
 
     def settle(self, name: str, fresh: tuple[PathResult, ...], direct: Sequence[ProbeResult]) -> tuple[PathResult, ...]:
         """Fresh answers, with each gated one replaced by that instance's last own answer (path.remember).
@@ -128,16 +123,12 @@ class PathChecker:
         self._recent[name] = _Recent(merged, now, _signature(direct))
         return merged
 
-    async def ask(self, plan: ProbePlan, judge_silence: bool = False) -> list[PathResult]:
+    async def ask(self, plan: ProbePlan) -> list[PathResult]:
         """Each instance's answer now, read for who answered; nothing kept (explain uses it too)."""
         instances, server_name, _ = self.targets()
         if not instances:
             return []
-        through = path_plan(plan, instances, self.access.ca, server_name)
-        if judge_silence and self.probe_relayed is not None:
-            raw = await self.probe_relayed(through, frozenset(plan.targets))
-        else:
-            raw = await self.probe(through)
+        raw = await self.probe(path_plan(plan, instances, self.access.ca, server_name))
         classified = [classify(r) for r in raw]
         silent = [r.target for r in raw if r.error is ErrorKind.TIMEOUT]
         if silent:

@@ -26,7 +26,7 @@ MAX_EXCERPT_BYTES = 4096  # of a non-2xx body, read only to quote who refused an
 MAX_EXCERPT_CHARS = 300
 MAX_CLIENTS = 1024
 USER_AGENT = f"apiservice-operator/{__version__}"
-# requests in flight per lane (an endpoint; an instance relaying to one server's endpoints), as many as
+# requests in flight per endpoint, as many as
 # the pool keeps per address: a burst (a start beside 1,000 APIServices, 256 checks at once) then reuses
 # connections instead of opening hundreds (TLS handshakes were 14 % of the CPU of such a start). The
 # wait for a slot is not part of the budget; a silent lane's waiters are judged as soon as they get one.
@@ -176,12 +176,6 @@ class Prober:
         """Each endpoint of an aggregated server; one that has answered nothing for a whole budget
         while a probe to it is still open is judged at once (silence.py)."""
         return await self._probe(plan, lambda t: t, lambda t: t.endpoint)
-
-    async def probe_relayed(self, plan: ProbePlan, relayed_to: frozenset[Target]) -> list[ProbeResult]:
-        """Each kube-apiserver instance, for an APIService whose endpoints are `relayed_to`: judged at
-        once when that instance has relayed nothing back from those endpoints for a whole budget."""
-        relay = ", ".join(sorted(t.endpoint for t in relayed_to))
-        return await self._probe(plan, lambda t: (t, relayed_to), lambda t: f"{t.endpoint} relaying to {relay}")
 
     async def probe_every(self, plan: ProbePlan) -> list[ProbeResult]:
         """Every request sent, no silence judged: for explain (a person asking wants this request's

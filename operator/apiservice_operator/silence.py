@@ -6,9 +6,6 @@ hung server, 329 of them flipped within 60 s). An endpoint that has answered non
 sent to it during a whole budget, while one is still open, is judged at once for the next: the
 open one keeps asking for all of them, and the first answer of any kind ends the silence.
 
-The same holds for a kube-apiserver instance relaying to those endpoints: its lane is the pair
-(instance, the endpoints it relays to), so its silence on one server says nothing about another.
-
 Pure bookkeeping: the prober tells it when a probe starts and how it ended; times are the
 caller's clock.
 """

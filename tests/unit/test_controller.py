@@ -11,6 +11,7 @@ import pytest
 
 from apiservice_operator.controller import Controller
 from apiservice_operator.model import Condition, ErrorKind, Obj, ProbePlan, ProbeResult
+from apiservice_operator.pathcheck import ClusterAccess, PathChecker
 from apiservice_operator.schedule import ProbeQueue
 from apiservice_operator.settings import Settings
 from tests import builders
@@ -323,3 +324,31 @@ async def test_one_slow_answer_moves_nothing_and_a_slow_pace_shows_at_its_second
     assert (await check_and_read())["Degraded"] == ("False", "AsExpected")  # slow once more: one answer
     assert (await check_and_read())["Degraded"] == ("True", "SlowDiscovery")  # and again: the pace is slow
     assert len(recorder.writes) == 2
+
+
+async def test_no_path_probe_while_every_endpoint_is_silent() -> None:
+    world = World()
+    name = world.add("hung.example.com", address="10.0.0.7")
+    asked_through: list[str] = []
+
+    async def through_kube_apiserver(plan: ProbePlan) -> list[ProbeResult]:
+        asked_through.append(plan.path)
+        return healthy(plan)
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        return [ProbeResult(t, False, 0.0, ErrorKind.TIMEOUT, "timeout: has answered no request") for t in plan.targets]
+
+    checker = PathChecker("kubeconfig", ClusterAccess("https://10.96.0.1:443", None, False), world,
+                          through_kube_apiserver, None, lambda: asyncio.get_running_loop().time())
+    recorder = Recorder(world)
+    silent = {"now": False}
+    controller = Controller(Settings(), world, probe, recorder.write, path=checker,
+                            silent=lambda target: silent["now"] and target.host == "10.0.0.7")
+    await controller.check(name)
+    assert asked_through == ["/apis/hung.example.com/v1"]  # endpoints not known silent: the path is asked
+    silent["now"] = True
+    asked_through.clear()
+    checker.forget(name)  # due again
+    await controller.check(name)
+    assert asked_through == []  # it would relay to the same silent endpoint
+    assert recorder.last(name)["Available"] == ("False", "FailedDiscoveryCheck")

@@ -257,27 +257,6 @@ async def test_explain_judges_no_silence(server: Server) -> None:
     assert opened == 3
 
 
-async def test_an_instance_silent_towards_one_server_is_judged_for_that_server_only(server: Server) -> None:
-    server.set(mode="hang")  # stands for a kube-apiserver instance whose relaying to server A hangs
-    to_a, to_b = frozenset({Target("10.0.0.1", 443)}), frozenset({Target("10.0.0.2", 443)})
-    prober = Prober(1.0, lambda: "secret-token")
-    try:
-        first = asyncio.create_task(prober.probe_relayed(plan(server.port), to_a))
-        await asyncio.sleep(0.5)
-        second = asyncio.create_task(prober.probe_relayed(plan(server.port), to_a))
-        await first
-        [judged] = await prober.probe_relayed(plan(server.port), to_a)
-        other = asyncio.create_task(prober.probe_relayed(plan(server.port), to_b))
-        await asyncio.sleep(0.1)
-        opened = prober.connections_opened()
-        await asyncio.gather(second, other)
-    finally:
-        await prober.aclose()
-    assert judged.error is ErrorKind.TIMEOUT
-    assert "relaying to 10.0.0.1:443 has answered no request for 1s" in judged.detail
-    assert opened == 3  # the request relayed to the other server was sent
-
-
 async def test_our_own_event_loop_stall_is_not_counted_as_the_servers_latency(server: Server) -> None:
     prober = Prober(5.0, lambda: "secret-token")
 
