@@ -8,8 +8,8 @@ one. Open connections are not limited here (kube-aggregator's Go transport does 
 either): a server that hangs holds its probes' connections, never another server's.
 
 It plugs in under httpx (httpx.AsyncHTTPTransport's pool), so requests, responses, timeouts and
-error mapping stay httpx's and the HTTP/1.1 connection itself stays httpcore's, on asyncio's own
-streams (streams.py).
+error mapping stay httpx's and the HTTP/1.1 connection itself stays httpcore's (on anyio: asyncio's
+own SSL transport was ~10 % cheaper per probe but holds a 256 KiB buffer per connection, make bench).
 """
 
 from __future__ import annotations
@@ -24,15 +24,12 @@ from types import TracebackType
 import httpcore
 import httpx
 
-from apiservice_operator.streams import AsyncioBackend
-
 # idle connections kept per (host, port), more are closed when given back: each costs ~70 KiB, and
 # with 8 a steady 170 probes/s at N = 1,000 still spent 12 % of the CPU on new TLS handshakes
 KEEP_PER_ADDRESS = 16
 KEEPALIVE_SECONDS = 30.0
 
 _Address = tuple[bytes, bytes, int]
-_BACKEND = AsyncioBackend()  # asyncio's streams, not anyio's layers (streams.py)
 
 
 def transport(ssl_context: ssl.SSLContext, keep: int = KEEP_PER_ADDRESS,
@@ -95,8 +92,7 @@ class ConnectionPool:
         connection = self._take(address)
         if connection is None:
             connection = httpcore.AsyncHTTPConnection(
-                origin=url.origin, ssl_context=self._ssl_context, keepalive_expiry=self._keepalive,
-                network_backend=_BACKEND)
+                origin=url.origin, ssl_context=self._ssl_context, keepalive_expiry=self._keepalive)
             self.opened += 1
             if self._on_open is not None:
                 self._on_open()

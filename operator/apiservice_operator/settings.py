@@ -19,11 +19,11 @@ PATH_PROBE_MODES = ("auto", "instances", "kubeconfig", "off")
 class Settings:
     kubeconfig: str | None = None
     probe_timeout: float = DEFAULT_PROBE_TIMEOUT
-    # 20 s at most between periodic probes (kube-aggregator's resync is 30 s) and 3 s at least: each probe
-    # costs ~2 ms of Python CPU, so 1 s and 10 s had 10 APIServices at 6.6 % of a core and 1,000 at 47 %
+    # 20 s at most between periodic probes (kube-aggregator's resync is 30 s) and 4 s at least: each probe
+    # costs ~2-4 ms of Python CPU, so 1 s and 10 s had 10 APIServices at 6.6 % of a core and 1,000 at 47 %
     # (make bench). Changes, failures and shared servers are probed at once whatever the interval.
     probe_interval: float = 20.0
-    min_probe_interval: float = 3.0
+    min_probe_interval: float = 4.0
     max_probe_rate: float = 20.0
     concurrency: int = 256
     condition_prefix: str = DEFAULT_CONDITION_PREFIX
