@@ -352,3 +352,37 @@ async def test_no_path_probe_while_every_endpoint_is_silent() -> None:
     await controller.check(name)
     assert asked_through == []  # it would relay to the same silent endpoint
     assert recorder.last(name)["Available"] == ("False", "FailedDiscoveryCheck")
+
+
+async def test_no_second_budget_through_kube_apiserver_once_the_endpoints_have_just_gone_silent() -> None:
+    world = World()
+    name = world.add("hung.example.com", address="10.0.0.7")
+    hung: dict[str, Any] = {"now": False, "since": 0.0}
+    asked_through: list[float] = []
+
+    async def through_kube_apiserver(plan: ProbePlan) -> list[ProbeResult]:
+        asked_through.append(asyncio.get_running_loop().time())
+        if hung["now"]:
+            await asyncio.sleep(5)
+            return [ProbeResult(t, False, 5.0, ErrorKind.TIMEOUT, "timeout") for t in plan.targets]
+        return healthy(plan)
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        if hung["now"]:
+            await asyncio.sleep(5)  # the budget, then the prober knows it as silent
+            return [ProbeResult(t, False, 5.0, ErrorKind.TIMEOUT, "timeout: no complete answer") for t in plan.targets]
+        return healthy(plan)
+
+    clock = lambda: asyncio.get_running_loop().time()  # noqa: E731
+    checker = PathChecker("kubeconfig", ClusterAccess("https://10.96.0.1:443", None, False), world,
+                          through_kube_apiserver, None, clock)
+    recorder = Recorder(world)
+    controller = Controller(Settings(), world, probe, recorder.write, path=checker,
+                            silent=lambda target: hung["now"] and clock() - hung["since"] >= 5)
+    await controller.check(name)  # the path was asked: not due again within the interval
+    hung["now"], hung["since"] = True, clock()
+    started = clock()
+    await controller.check(name)
+    assert clock() - started == pytest.approx(5, abs=0.01)  # one budget, not two
+    assert len(asked_through) == 1
+    assert recorder.last(name)["Available"] == ("False", "FailedDiscoveryCheck")
