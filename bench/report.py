@@ -73,7 +73,7 @@ def scale_table(results: list[ScaleResult]) -> list[str]:
         rows.append(f"| {r.n} | {_opt(r.first_verdict_median_s)} / {_opt(r.first_verdicts_s)} | "
                     f"{_opt(r.all_passed_s)} | {r.sweep_s:.2f} s | "
                     f"{r.interval_s:g} s | {r.cpu_percent:.1f} % | {r.rss_mib:.0f} / {r.peak_rss_mib:.0f} MiB | "
-                    f"{r.writes_steady:.0f} in {r.window_s:.0f} s | {r.writes_for_flip:.2f} ({r.flipped} flipped) | "
+                    f"{r.writes_steady:.0f} in {r.window_s:.0f} s | {r.writes_for_flip:.3f} ({r.flipped} flipped) | "
                     f"{r.probes_per_s:.1f} | {r.connections_per_s:.1f} | {_opt(r.routed_s)} |")
     return rows
 

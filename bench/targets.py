@@ -53,7 +53,7 @@ def evaluate(samples: Samples, results: list[ScaleResult], hangs: list[MassHang]
     if results:
         ok = all(abs(r.writes_for_flip - 1) < 1e-9 and r.writes_steady == 0 for r in results)
         out.append(Verdict("status writes == transitions, none at rest", ok, ", ".join(
-            f"N={r.n}: {r.writes_for_flip:.2f} per transition, {r.writes_steady:.0f} at rest" for r in results)))
+            f"N={r.n}: {r.writes_for_flip:.3f} per transition, {r.writes_steady:.0f} at rest" for r in results)))
     for h in hangs:
         if h.n == 1000:
             every = MassHang.first_half_all(h.ours, h.healthy)[2]
