@@ -11,7 +11,7 @@ import http.cookiejar
 import json
 import ssl
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -26,10 +26,10 @@ MAX_EXCERPT_BYTES = 4096  # of a non-2xx body, read only to quote who refused an
 MAX_EXCERPT_CHARS = 300
 MAX_CLIENTS = 1024
 USER_AGENT = f"apiservice-operator/{__version__}"
-# requests in flight per endpoint, as many as
-# the pool keeps per address: a burst (a start beside 1,000 APIServices, 256 checks at once) then reuses
-# connections instead of opening hundreds (TLS handshakes were 14 % of the CPU of such a start). The
-# wait for a slot is not part of the budget; a silent lane's waiters are judged as soon as they get one.
+# requests in flight per endpoint, as many as the pool keeps per address: a burst (a start beside
+# 1,000 APIServices, 256 checks at once) then reuses connections instead of opening hundreds (TLS
+# handshakes were 14 % of the CPU of such a start). The wait for a slot is not part of the budget;
+# the waiters on a silent endpoint are judged as soon as they get one.
 LANE_SLOTS = pool.KEEP_PER_ADDRESS
 
 TokenSource = Callable[[], str | None]
@@ -145,7 +145,7 @@ class Prober:
         self._clients: OrderedDict[tuple[bytes | None, bool, str], httpx.AsyncClient] = OrderedDict()
         self._pools: dict[tuple[bytes | None, bool, str], pool.ConnectionPool] = {}
         self.silence = Silence()
-        self._lanes: dict[Hashable, _Lane] = {}
+        self._lanes: dict[Target, _Lane] = {}
         self.lag = LoopLag()
 
     def connections_opened(self) -> int:
@@ -175,35 +175,31 @@ class Prober:
     async def probe_discovery(self, plan: ProbePlan) -> list[ProbeResult]:
         """Each endpoint of an aggregated server; one that has answered nothing for a whole budget
         while a probe to it is still open is judged at once (silence.py)."""
-        return await self._probe(plan, lambda t: t, lambda t: t.endpoint)
+        return await self._probe(plan, judge_silence=True)
 
     async def probe_every(self, plan: ProbePlan) -> list[ProbeResult]:
         """Every request sent, no silence judged: for explain (a person asking wants this request's
         own answer) and /livez."""
-        return await self._probe(plan, None, None)
+        return await self._probe(plan, judge_silence=False)
 
-    async def _probe(self, plan: ProbePlan, lane: Callable[[Target], Hashable] | None,
-                     who: Callable[[Target], str] | None) -> list[ProbeResult]:
+    async def _probe(self, plan: ProbePlan, judge_silence: bool) -> list[ProbeResult]:
         try:
             client = self._client(plan)
         except InvalidCABundle as exc:
             return [ProbeResult(t, False, 0.0, ErrorKind.TLS, str(exc)) for t in plan.targets]
-        if lane is None or who is None:
-            return list(await asyncio.gather(*(self._probe_one(client, plan, t) for t in plan.targets)))
-        return list(await asyncio.gather(*(self._probe_unless_silent(client, plan, t, lane(t), who(t))
-                                           for t in plan.targets)))
+        one = self._probe_unless_silent if judge_silence else self._probe_one
+        return list(await asyncio.gather(*(one(client, plan, t) for t in plan.targets)))
 
-    async def _probe_unless_silent(self, client: httpx.AsyncClient, plan: ProbePlan, target: Target,
-                                   lane: Hashable, who: str) -> ProbeResult:
-        slot = self._lanes.get(lane)
+    async def _probe_unless_silent(self, client: httpx.AsyncClient, plan: ProbePlan, target: Target) -> ProbeResult:
+        slot = self._lanes.get(target)
         if slot is None:
-            slot = self._lanes[lane] = _Lane(asyncio.Semaphore(LANE_SLOTS))
+            slot = self._lanes[target] = _Lane(asyncio.Semaphore(LANE_SLOTS))
         slot.users += 1
         try:
             async with slot.slots:
                 now = asyncio.get_running_loop().time
                 started = now()
-                judged = self.silence.start(lane, started, who)
+                judged = self.silence.start(target, started)
                 if judged is not None:
                     return ProbeResult(target, False, 0.0, ErrorKind.TIMEOUT, judged)
                 answered: bool | None = None
@@ -212,11 +208,11 @@ class Prober:
                     answered = result.error is not ErrorKind.TIMEOUT
                     return result
                 finally:
-                    self.silence.end(lane, started, now(), answered)
+                    self.silence.end(target, started, now(), answered)
         finally:
             slot.users -= 1
             if not slot.users:
-                del self._lanes[lane]
+                del self._lanes[target]
 
     @staticmethod
     async def _excerpt(response: httpx.Response) -> str:

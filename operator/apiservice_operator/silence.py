@@ -12,8 +12,9 @@ caller's clock.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from dataclasses import dataclass
+
+from apiservice_operator.model import Target
 
 
 @dataclass
@@ -25,22 +26,22 @@ class _Seen:
 
 class Silence:
     def __init__(self) -> None:
-        self._seen: dict[Hashable, _Seen] = {}
+        self._seen: dict[Target, _Seen] = {}
 
-    def start(self, lane: Hashable, now: float, who: str) -> str | None:
+    def start(self, target: Target, now: float) -> str | None:
         """None: send the probe (it is counted open). Otherwise why it is judged without sending:
-        the lane is silent and a probe already open on it will say when that ends. `who` names it."""
-        seen = self._seen.setdefault(lane, _Seen())
+        the endpoint is silent and a probe already open to it will say when that ends."""
+        seen = self._seen.setdefault(target, _Seen())
         if seen.silent_since is not None and seen.open > 0:
-            return (f"timeout: {who} has answered no request for {now - seen.silent_since:.0f}s "
+            return (f"timeout: {target.endpoint} has answered no request for {now - seen.silent_since:.0f}s "
                     f"({seen.open} still waiting); not asked again until it answers one")
         seen.open += 1
         return None
 
-    def end(self, lane: Hashable, started: float, now: float, answered: bool | None) -> None:
+    def end(self, target: Target, started: float, now: float, answered: bool | None) -> None:
         """A probe sent at `started` ended: with some answer (True), with none within its budget
         (False), or abandoned before either (None: a newer check replaced it)."""
-        seen = self._seen.get(lane)
+        seen = self._seen.get(target)
         if seen is None:
             return
         seen.open = max(0, seen.open - 1)
@@ -50,8 +51,8 @@ class Silence:
         elif answered is False and seen.answered_at < started and seen.silent_since is None:
             seen.silent_since = started
         if seen.open == 0 and seen.silent_since is None:
-            del self._seen[lane]  # only silent lanes and those with open probes are kept
+            del self._seen[target]  # only silent endpoints and those with open probes are kept
 
-    def silent(self, lane: Hashable) -> bool:
-        seen = self._seen.get(lane)
+    def silent(self, target: Target) -> bool:
+        seen = self._seen.get(target)
         return seen is not None and seen.silent_since is not None

@@ -7,12 +7,12 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 
 import pytest
 
-from apiservice_operator.model import ErrorKind, ProbePlan, Target
+from apiservice_operator.model import ErrorKind, ProbePlan, ProbeResult, Target
 from apiservice_operator.probe import LANE_SLOTS, Prober
 from tests.cluster import pki
 from tests.cluster.controlplane import REPO, free_port
@@ -217,14 +217,21 @@ async def test_a_hung_server_holds_none_of_another_servers_probes(tmp_path: Path
     assert by_port == {hung.port: {ErrorKind.TIMEOUT}, healthy.port: {None}}
 
 
-async def test_a_server_silent_for_a_budget_is_judged_without_a_new_request_while_one_is_open(server: Server) -> None:
+async def one_timed_out_and_one_open(probe: Callable[[ProbePlan], Coroutine[None, None, list[ProbeResult]]],
+                                     server: Server) -> tuple[ProbeResult, asyncio.Task[list[ProbeResult]]]:
+    """A hung server: the first probe has waited out its budget (1 s), a second is still open."""
     server.set(mode="hang")
+    first = asyncio.create_task(probe(plan(server.port)))
+    await asyncio.sleep(0.5)
+    second = asyncio.create_task(probe(plan(server.port)))  # open past the first's end
+    [timed_out] = await first
+    return timed_out, second
+
+
+async def test_a_server_silent_for_a_budget_is_judged_without_a_new_request_while_one_is_open(server: Server) -> None:
     prober = Prober(1.0, lambda: "secret-token")
     try:
-        first = asyncio.create_task(prober.probe_discovery(plan(server.port)))
-        await asyncio.sleep(0.5)
-        second = asyncio.create_task(prober.probe_discovery(plan(server.port)))  # open past the first's end
-        [timed_out] = await first
+        timed_out, second = await one_timed_out_and_one_open(prober.probe_discovery, server)
         [judged] = await prober.probe_discovery(plan(server.port))
         sent = prober.connections_opened()
         [also_timed_out] = await second
@@ -241,13 +248,9 @@ async def test_a_server_silent_for_a_budget_is_judged_without_a_new_request_whil
 
 
 async def test_explain_judges_no_silence(server: Server) -> None:
-    server.set(mode="hang")
     prober = Prober(1.0, lambda: "secret-token")
     try:
-        first = asyncio.create_task(prober.probe_every(plan(server.port)))
-        await asyncio.sleep(0.5)
-        second = asyncio.create_task(prober.probe_every(plan(server.port)))
-        await first
+        _, second = await one_timed_out_and_one_open(prober.probe_every, server)
         [asked] = await prober.probe_every(plan(server.port))
         await second
         opened = prober.connections_opened()
