@@ -264,11 +264,12 @@ async def test_our_own_event_loop_stall_is_not_counted_as_the_servers_latency(se
     prober = Prober(5.0, lambda: "secret-token")
 
     async def stall_while_the_answer_waits() -> None:
-        await asyncio.sleep(0.02)  # the request is out; the answer comes back within milliseconds
+        await asyncio.sleep(0.02)  # the request is out; the answer comes back 0.1 s after it, mid-stall
         time.sleep(1.0)  # noqa: ASYNC251 - on purpose: the loop is held, the answer waits in the socket
 
     try:
         await prober.probe_discovery(plan(server.port))  # a kept connection, and the lag ticker running
+        server.set(mode="healthy", delay=0.1)  # else the answer is read before the stall even begins
         started = time.monotonic()
         [result], _ = await asyncio.gather(prober.probe_discovery(plan(server.port)), stall_while_the_answer_waits())
         took = time.monotonic() - started
