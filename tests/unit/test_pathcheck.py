@@ -3,8 +3,11 @@ probe per instance per APIService per interval, unless what the endpoints say ha
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
+
+import pytest
 
 from apiservice_operator.model import ErrorKind, ProbePlan, ProbeResult, Status, Target
 from apiservice_operator.path import PathOutcome
@@ -146,3 +149,40 @@ async def test_a_timeout_is_blamed_on_the_path_only_when_the_instance_itself_ans
     assert [(r.instance.host, r.outcome) for r in results] == [
         ("10.250.0.2", PathOutcome.UNREACHABLE), ("10.250.0.3", PathOutcome.NO_ROUTE)]
     assert "does not answer (/livez too)" in results[1].detail
+
+
+def frozen_until(thaw: float, asked: list[tuple[str, float]]) -> Any:
+    """A kube-apiserver frozen (SIGSTOP) from the start until `thaw` seconds: the path request
+    times out after the 5 s budget, /livez answers when the instance thaws."""
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        asked.append((plan.path, started))
+        if plan.path == "/livez":
+            await asyncio.sleep(max(0.0, thaw - started) + 0.01)
+            return [ProbeResult(t, False, loop.time() - started, None, "ok", 200) for t in plan.targets]
+        await asyncio.sleep(5.0)
+        return [ProbeResult(t, False, 5.0, ErrorKind.TIMEOUT, "timeout") for t in plan.targets]
+    return probe
+
+
+@pytest.mark.looptime(start=0)
+async def test_a_timeout_while_kube_apiserver_was_frozen_is_not_blamed_on_the_path_when_it_thaws_at_once() -> None:
+    """The fault suite's race: the path probe times out at 5 s, the instance thaws at 5.2 s. /livez
+    asked only after the timeout answers in 0.2 s and would blame the path; asked beside the waiting
+    request (at 1 s) it waits out the freeze, and the freeze is what it shows."""
+    asked: list[tuple[str, float]] = []
+    path = PathChecker("instances", ACCESS, Slices(), frozen_until(5.2, asked), None, Clock())
+    results, _ = await path.check("demo", PLAN, None, interval=10.0)
+    assert [(p, round(t, 1)) for p, t in asked] == [(PLAN.path, 0.0), ("/livez", 1.0)]
+    assert {r.outcome for r in results} == {PathOutcome.NO_ROUTE}
+    assert all("does not answer (/livez too)" in r.detail for r in results)
+
+
+@pytest.mark.looptime(start=0)
+async def test_a_timeout_while_kube_apiserver_answers_livez_is_blamed_on_the_path_with_no_wait_after() -> None:
+    asked: list[tuple[str, float]] = []
+    path = PathChecker("instances", ACCESS, Slices(), frozen_until(0.0, asked), None, Clock())
+    results, _ = await path.check("demo", PLAN, None, interval=10.0)
+    assert {r.outcome for r in results} == {PathOutcome.UNREACHABLE}
+    assert asyncio.get_running_loop().time() == pytest.approx(5.0)  # /livez had answered meanwhile
