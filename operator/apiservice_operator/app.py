@@ -18,7 +18,7 @@ import kopf
 from kopf._core.engines.indexing import OperatorIndexers  # kopf's own, for embedded operators
 from kopf._core.engines.peering import Identity  # a NewType of str; kopf does not re-export it
 
-from apiservice_operator import resync
+from apiservice_operator import heap, resync
 from apiservice_operator.blast import apiservice_name, blocking_group_versions
 from apiservice_operator.controller import Controller, utc_now
 from apiservice_operator.events import EventRecorder
@@ -337,6 +337,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
               if settings.metrics_port else None)
     background = [
         asyncio.create_task(_heartbeat(health), name="heartbeat"),
+        asyncio.create_task(heap.give_back_every(), name="heap trim"),
         asyncio.create_task(_check_permissions(credentials, perms, controller.problems), name="permissions"),
         asyncio.create_task(_probe_loop(controller, ready, elector, health, metrics, prober_id), name="probe loop"),
     ]
