@@ -186,3 +186,20 @@ async def test_a_timeout_while_kube_apiserver_answers_livez_is_blamed_on_the_pat
     results, _ = await path.check("demo", PLAN, None, interval=10.0)
     assert {r.outcome for r in results} == {PathOutcome.UNREACHABLE}
     assert asyncio.get_running_loop().time() == pytest.approx(5.0)  # /livez had answered meanwhile
+
+
+@pytest.mark.looptime(start=0)
+async def test_path_probes_waiting_together_share_one_livez() -> None:
+    """A hundred path probes stuck behind a frozen kube-apiserver: one /livez sent at 1 s serves
+    them all; one that began waiting after it was sent gets a newer one."""
+    asked: list[tuple[str, float]] = []
+    path = PathChecker("instances", ACCESS, Slices(), frozen_until(5.2, asked), None, Clock())
+
+    async def late() -> Any:
+        await asyncio.sleep(1.5)
+        return await path.check("late", PLAN, None, interval=10.0)
+
+    checks = [path.check(f"demo{i}", PLAN, None, interval=10.0) for i in range(100)]
+    results = await asyncio.gather(*checks, late())
+    assert [round(t, 1) for p, t in asked if p == "/livez"] == [1.0, 2.5]
+    assert {r.outcome for found, _ in results for r in found} == {PathOutcome.NO_ROUTE}
