@@ -19,7 +19,7 @@ from typing import Protocol
 from apiservice_operator.blast import group_version
 from apiservice_operator.decide import changed, decide, our_conditions
 from apiservice_operator.events import EventSpec, event_for_transition
-from apiservice_operator.kubeapi import WriteForbidden
+from apiservice_operator.kubeapi import WRITES_IN_FLIGHT, WriteForbidden
 from apiservice_operator.metrics import Metrics
 from apiservice_operator.model import Condition, ErrorKind, Obj, ProbeResult, Resolution, Status, Target
 from apiservice_operator.path import PathEvidence, PathResult
@@ -83,7 +83,7 @@ class Controller:
         self._probe_slots = asyncio.Semaphore(self.settings.concurrency)
         # 16 at once wrote ~50 verdicts a second at start-up and in a mass hang (make bench, N = 1,000): each
         # write waits on kube-apiserver, not on us
-        self._write_slots = asyncio.Semaphore(64)
+        self._write_slots = asyncio.Semaphore(WRITES_IN_FLIGHT)
         self._inflight: dict[str, asyncio.Task[None]] = {}
         # what we wrote last, and the resourceVersion we saw then: until the watch brings a newer
         # object, the index still shows the old status and must not cause a second identical write
