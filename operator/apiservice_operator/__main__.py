@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 
 from apiservice_operator import __version__
-from apiservice_operator import settings as settings_mod
+from apiservice_operator.core import settings as settings_mod
 
 
 class JsonFormatter(logging.Formatter):
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("starting command=%s version=%s settings=%s", args.command, __version__,
              json.dumps(settings.describe(), sort_keys=True))
     if args.command == "run":
-        from apiservice_operator.app import run
+        from apiservice_operator.run.app import run
 
         async def main_run() -> None:
             stop = asyncio.Event()
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         asyncio.run(main_run())
         return 0
-    from apiservice_operator.cleanup import cleanup
+    from apiservice_operator.kube.cleanup import cleanup
 
     removed = asyncio.run(cleanup(settings))
     log.info("cleanup done: removed our conditions from %d APIServices", removed)

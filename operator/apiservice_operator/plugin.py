@@ -23,9 +23,9 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from apiservice_operator.blast import blocked_count
-from apiservice_operator.kubeapi import GROUP, PLURAL, VERSION, Credentials
-from apiservice_operator.model import DEFAULT_CONDITION_PREFIX, ConditionTypes
+from apiservice_operator.core.blast import blocked_count
+from apiservice_operator.core.model import DEFAULT_CONDITION_PREFIX, ConditionTypes
+from apiservice_operator.kube.client import GROUP, PLURAL, VERSION, Credentials
 
 COLUMNS = ("NAME", "SERVICE", "KUBE-APISERVER", "PROBED", "REASON", "PATH", "LATENCY", "ENDPOINTS", "AGE")
 _PASSED = re.compile(r"passed (?:through .*? and )?on (\d+)/(\d+) endpoints in (\S+)")

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from apiservice_operator.blast import apiservice_name, blocking_group_versions, describe_blocked, group_version
-from apiservice_operator.decide import decide
-from apiservice_operator.model import ConditionTypes, Resolution, Status, Verdict
+from apiservice_operator.core.blast import apiservice_name, blocking_group_versions, describe_blocked, group_version
+from apiservice_operator.core.decide import decide
+from apiservice_operator.core.model import ConditionTypes, Resolution, Status, Verdict
 from tests.builders import make_apiservice
 
 # as the namespace controller writes it (pkg/controller/namespace/deletion, v1.37)
@@ -60,8 +60,8 @@ def test_an_unavailable_api_says_which_deletions_it_blocks_and_a_healthy_one_doe
 
 
 def test_an_outage_that_starts_blocking_more_namespaces_is_an_event_though_nothing_else_moved() -> None:
-    from apiservice_operator.events import event_for_transition
-    from apiservice_operator.model import Condition
+    from apiservice_operator.core.model import Condition
+    from apiservice_operator.kube.events import event_for_transition
 
     types = ConditionTypes()
     degraded = Condition(types.degraded, Status.FALSE, "Unavailable", "not available", "t")

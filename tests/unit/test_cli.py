@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from apiservice_operator.__main__ import build_parser
-from apiservice_operator.settings import _FLAGS, Settings, add_arguments, env_name, from_args
+from apiservice_operator.core.settings import _FLAGS, Settings, add_arguments, env_name, from_args
 
 
 def run_help() -> str:

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from apiservice_operator.controller import Controller
-from apiservice_operator.model import Condition, ErrorKind, Obj, ProbePlan, ProbeResult
-from apiservice_operator.pathcheck import ClusterAccess, PathChecker
-from apiservice_operator.schedule import ProbeQueue
-from apiservice_operator.settings import Settings
+from apiservice_operator.check.controller import Controller
+from apiservice_operator.check.schedule import ProbeQueue
+from apiservice_operator.core.model import Condition, ErrorKind, Obj, ProbePlan, ProbeResult
+from apiservice_operator.core.settings import Settings
+from apiservice_operator.probing.pathcheck import ClusterAccess, PathChecker
 from tests import builders
 
 pytestmark = pytest.mark.looptime

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from apiservice_operator.decide import changed, decide, latency_bucket, our_conditions
-from apiservice_operator.model import (
+from apiservice_operator.core.decide import changed, decide, latency_bucket, our_conditions
+from apiservice_operator.core.model import (
     Condition,
     ConditionTypes,
     ErrorKind,

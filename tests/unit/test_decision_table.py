@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from apiservice_operator.decide import changed, decide, latency_bucket, our_conditions
-from apiservice_operator.model import (
+from apiservice_operator.core.decide import changed, decide, latency_bucket, our_conditions
+from apiservice_operator.core.model import (
     Condition,
     ConditionTypes,
     ErrorKind,
@@ -22,7 +22,7 @@ from apiservice_operator.model import (
     Status,
     Target,
 )
-from apiservice_operator.resolve import resolve
+from apiservice_operator.core.resolve import resolve
 from tests.builders import CA_PEM as TEST_CA_PEM
 from tests.builders import make_apiservice, make_endpoint, make_service, make_slice
 

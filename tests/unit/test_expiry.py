@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
-from apiservice_operator.decide import decide
-from apiservice_operator.model import Certificate, ProbeResult, Resolution, Target
+from apiservice_operator.core.decide import decide
+from apiservice_operator.core.model import Certificate, ProbeResult, Resolution, Target
 from tests.unit.test_userpath import BUDGET, EP, NOW, PLAN, TYPES, timeout
 
 SOON, LATER = "2026-01-04T12:00:00Z", "2027-01-01T12:00:00Z"  # NOW + 3 days, + a year

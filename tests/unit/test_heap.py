@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from apiservice_operator import heap
+from apiservice_operator.run import heap
 
 # in a fresh process: 200 MiB of 2 KB blocks (glibc's heap, not Python's small-object arenas), one
 # block kept above them, the rest freed; RSS after the free, then after give_back
 SCRIPT = """
 import json
-from apiservice_operator import heap
+from apiservice_operator.run import heap
 def rss():
     return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]) // 1024
 before = rss()

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from apiservice_operator.model import ErrorKind, ProbePlan, ProbeResult, Status, Target
-from apiservice_operator.path import PathOutcome
-from apiservice_operator.pathcheck import ClusterAccess, PathChecker, effective_mode, kube_available
+from apiservice_operator.core.model import ErrorKind, ProbePlan, ProbeResult, Status, Target
+from apiservice_operator.core.path import PathOutcome
+from apiservice_operator.probing.pathcheck import ClusterAccess, PathChecker, effective_mode, kube_available
 
 EP = Target("10.0.0.1", 8443)
 PLAN = ProbePlan((EP,), "/apis/demo.example.com/v1", "demo.example.com/v1", "demo.default.svc", None, False)

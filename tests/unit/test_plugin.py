@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime
 
-from apiservice_operator.decide import decide
-from apiservice_operator.model import (
+from apiservice_operator.core.decide import decide
+from apiservice_operator.core.model import (
     Certificate,
     ConditionTypes,
     ErrorKind,
@@ -15,7 +15,7 @@ from apiservice_operator.model import (
     Status,
     Target,
 )
-from apiservice_operator.path import PathEvidence, classify
+from apiservice_operator.core.path import PathEvidence, classify
 from apiservice_operator.plugin import render, row
 from tests import builders
 

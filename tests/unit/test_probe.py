@@ -39,8 +39,8 @@ from typing import Any
 
 import pytest
 
-from apiservice_operator.model import ErrorKind, ProbePlan, ProbeResult, Target
-from apiservice_operator.probe import MAX_BODY_BYTES, Prober
+from apiservice_operator.core.model import ErrorKind, ProbePlan, ProbeResult, Target
+from apiservice_operator.probing.probe import MAX_BODY_BYTES, Prober
 from tests.cluster import pki
 from tests.unit.tls_server import Answer, TLSServer
 

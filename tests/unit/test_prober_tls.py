@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from apiservice_operator.model import ErrorKind, ProbePlan, ProbeResult, Target
-from apiservice_operator.probe import LANE_SLOTS, Prober
+from apiservice_operator.core.model import ErrorKind, ProbePlan, ProbeResult, Target
+from apiservice_operator.probing.probe import LANE_SLOTS, Prober
 from tests.cluster import pki
 from tests.cluster.controlplane import REPO, free_port
 

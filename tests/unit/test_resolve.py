@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from apiservice_operator.model import ProbePlan, Resolution, Status, Target, Verdict
-from apiservice_operator.resolve import resolve
+from apiservice_operator.core.model import ProbePlan, Resolution, Status, Target, Verdict
+from apiservice_operator.core.resolve import resolve
 from tests.builders import CA_PEM as TEST_CA_PEM
 from tests.builders import make_apiservice, make_endpoint, make_service, make_slice
 

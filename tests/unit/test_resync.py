@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apiservice_operator import resync
+from apiservice_operator.kube import resync
 
 
 def test_unlisted_names_what_we_hold_and_the_server_lacks() -> None:

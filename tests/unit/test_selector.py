@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apiservice_operator.selector import LabelSelector
+from apiservice_operator.core.selector import LabelSelector
 
 LABELS = {"team": "platform", "tier": "prod", "ha-test": "yes"}
 

@@ -3,8 +3,8 @@ to it is still open; any answer ends it. Plain data, times as numbers."""
 
 from __future__ import annotations
 
-from apiservice_operator.model import Target
-from apiservice_operator.silence import Silence
+from apiservice_operator.core.model import Target
+from apiservice_operator.core.silence import Silence
 
 HUNG = Target("10.0.0.1", 8443)
 OTHER = Target("10.0.0.2", 8443)

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from apiservice_operator.decide import decide
-from apiservice_operator.events import event_for_transition
-from apiservice_operator.model import (
+from apiservice_operator.core.decide import decide
+from apiservice_operator.core.model import (
     Condition,
     ConditionTypes,
     ErrorKind,
@@ -20,7 +19,7 @@ from apiservice_operator.model import (
     Status,
     Target,
 )
-from apiservice_operator.path import (
+from apiservice_operator.core.path import (
     PathEvidence,
     PathOutcome,
     PathResult,
@@ -29,6 +28,7 @@ from apiservice_operator.path import (
     remember,
     resolve_instances,
 )
+from apiservice_operator.kube.events import event_for_transition
 
 TYPES = ConditionTypes()
 NOW = "2026-01-01T12:00:00Z"

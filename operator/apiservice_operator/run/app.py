@@ -18,22 +18,23 @@ import kopf
 from kopf._core.engines.indexing import OperatorIndexers  # kopf's own, for embedded operators
 from kopf._core.engines.peering import Identity  # a NewType of str; kopf does not re-export it
 
-from apiservice_operator import heap, resync
-from apiservice_operator.blast import apiservice_name, blocking_group_versions
-from apiservice_operator.controller import Controller, utc_now
-from apiservice_operator.events import EventRecorder
-from apiservice_operator.explain import explain
-from apiservice_operator.health import HealthState
-from apiservice_operator.health import serve as serve_health
-from apiservice_operator.identity import ProbeIdentity
-from apiservice_operator.kubeapi import Credentials, write_conditions
-from apiservice_operator.leader import LeaderElector
-from apiservice_operator.metrics import Metrics
-from apiservice_operator.model import Condition, Obj
-from apiservice_operator.pathcheck import ClusterAccess, PathChecker, effective_mode
-from apiservice_operator.permissions import Permission, missing_permissions, needed
-from apiservice_operator.probe import Prober
-from apiservice_operator.settings import Settings
+from apiservice_operator.check.controller import Controller, utc_now
+from apiservice_operator.check.metrics import Metrics
+from apiservice_operator.core.blast import apiservice_name, blocking_group_versions
+from apiservice_operator.core.model import Condition, Obj
+from apiservice_operator.core.settings import Settings
+from apiservice_operator.kube import resync
+from apiservice_operator.kube.client import Credentials, write_conditions
+from apiservice_operator.kube.events import EventRecorder
+from apiservice_operator.kube.identity import ProbeIdentity
+from apiservice_operator.kube.leader import LeaderElector
+from apiservice_operator.kube.permissions import Permission, missing_permissions, needed
+from apiservice_operator.probing.pathcheck import ClusterAccess, PathChecker, effective_mode
+from apiservice_operator.probing.probe import Prober
+from apiservice_operator.run import heap
+from apiservice_operator.serve.explain import explain
+from apiservice_operator.serve.health import HealthState
+from apiservice_operator.serve.health import serve as serve_health
 
 log = logging.getLogger("apiservice_operator")
 KOPF_STOP_GRACE = 1.0  # seconds kopf gets to end its watches before they are cancelled

@@ -10,15 +10,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from apiservice_operator.blast import group_version
-from apiservice_operator.controller import Inputs
-from apiservice_operator.decide import decide, our_conditions
-from apiservice_operator.model import Certificate, Condition, ErrorKind, ProbePlan, ProbeResult, Status
-from apiservice_operator.path import PathEvidence, PathResult
-from apiservice_operator.pathcheck import PathChecker, kube_available
-from apiservice_operator.probe import Handshake, inspect_tls
-from apiservice_operator.resolve import resolve
-from apiservice_operator.settings import Settings
+from apiservice_operator.check.controller import Inputs
+from apiservice_operator.core.blast import group_version
+from apiservice_operator.core.decide import decide, our_conditions
+from apiservice_operator.core.model import Certificate, Condition, ErrorKind, ProbePlan, ProbeResult, Status
+from apiservice_operator.core.path import PathEvidence, PathResult
+from apiservice_operator.core.resolve import resolve
+from apiservice_operator.core.settings import Settings
+from apiservice_operator.probing.pathcheck import PathChecker, kube_available
+from apiservice_operator.probing.probe import Handshake, inspect_tls
 
 Inspect = Callable[..., Awaitable[Handshake]]
 

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from apiservice_operator.metrics import Metrics
+from apiservice_operator.check.metrics import Metrics
 
 
 @dataclass

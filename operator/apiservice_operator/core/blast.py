@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from apiservice_operator.model import Obj
+from apiservice_operator.core.model import Obj
 
 CONDITION = "NamespaceDeletionDiscoveryFailure"
 MAX_NAMED = 10

@@ -12,9 +12,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from apiservice_operator import certs
-from apiservice_operator.blast import describe_blocked
-from apiservice_operator.model import (
+from apiservice_operator.core import certs
+from apiservice_operator.core.blast import describe_blocked
+from apiservice_operator.core.model import (
     Condition,
     ConditionTypes,
     ErrorKind,
@@ -24,7 +24,7 @@ from apiservice_operator.model import (
     Status,
     Verdict,
 )
-from apiservice_operator.path import PathEvidence, PathOutcome, PathResult
+from apiservice_operator.core.path import PathEvidence, PathOutcome, PathResult
 
 MAX_ENDPOINTS_IN_MESSAGE = 10
 DEFAULT_EXPIRY_WARNING = 14 * 86400.0  # seconds

@@ -16,17 +16,17 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from apiservice_operator.blast import group_version
-from apiservice_operator.decide import changed, decide, our_conditions
-from apiservice_operator.events import EventSpec, event_for_transition
-from apiservice_operator.kubeapi import WRITES_IN_FLIGHT, WriteForbidden
-from apiservice_operator.metrics import Metrics
-from apiservice_operator.model import Condition, ErrorKind, Obj, ProbeResult, Resolution, Status, Target
-from apiservice_operator.path import PathEvidence, PathResult
-from apiservice_operator.pathcheck import PathChecker
-from apiservice_operator.resolve import resolve
-from apiservice_operator.schedule import ProbeQueue
-from apiservice_operator.settings import Settings
+from apiservice_operator.check.metrics import Metrics
+from apiservice_operator.check.schedule import ProbeQueue
+from apiservice_operator.core.blast import group_version
+from apiservice_operator.core.decide import changed, decide, our_conditions
+from apiservice_operator.core.model import Condition, ErrorKind, Obj, ProbeResult, Resolution, Status, Target
+from apiservice_operator.core.path import PathEvidence, PathResult
+from apiservice_operator.core.resolve import resolve
+from apiservice_operator.core.settings import Settings
+from apiservice_operator.kube.client import WRITES_IN_FLIGHT, WriteForbidden
+from apiservice_operator.kube.events import EventSpec, event_for_transition
+from apiservice_operator.probing.pathcheck import PathChecker
 
 log = logging.getLogger("apiservice_operator")
 RETRY_BASE = 1.0

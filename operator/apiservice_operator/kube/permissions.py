@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from kubernetes_asyncio import client
 
-from apiservice_operator.kubeapi import Credentials
+from apiservice_operator.kube.client import Credentials
 
 log = logging.getLogger(__name__)
 

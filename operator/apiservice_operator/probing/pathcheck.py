@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from apiservice_operator.model import ErrorKind, Obj, ProbePlan, ProbeResult, Status, Target
-from apiservice_operator.path import (
+from apiservice_operator.core.model import ErrorKind, Obj, ProbePlan, ProbeResult, Status, Target
+from apiservice_operator.core.path import (
     KUBERNETES_SERVICE,
     Memory,
     PathEvidence,

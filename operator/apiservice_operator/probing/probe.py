@@ -16,10 +16,12 @@ from dataclasses import dataclass
 
 import httpx
 
-from apiservice_operator import __version__, certs, pool
-from apiservice_operator.looplag import LoopLag
-from apiservice_operator.model import Certificate, ErrorKind, ProbePlan, ProbeResult, Target
-from apiservice_operator.silence import Silence
+from apiservice_operator import __version__
+from apiservice_operator.core import certs
+from apiservice_operator.core.model import Certificate, ErrorKind, ProbePlan, ProbeResult, Target
+from apiservice_operator.core.silence import Silence
+from apiservice_operator.probing import pool
+from apiservice_operator.probing.looplag import LoopLag
 
 MAX_BODY_BYTES = 1 << 20
 MAX_EXCERPT_BYTES = 4096  # of a non-2xx body, read only to quote who refused and why

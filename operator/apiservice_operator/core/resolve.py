@@ -13,8 +13,8 @@ from collections.abc import Iterable
 
 from cryptography import x509
 
-from apiservice_operator import certs
-from apiservice_operator.model import Obj, ProbePlan, Resolution, Status, Target, Verdict
+from apiservice_operator.core import certs
+from apiservice_operator.core.model import Obj, ProbePlan, Resolution, Status, Target, Verdict
 
 DEFAULT_SERVICE_PORT = 443
 _PEM_CERT = b"-----BEGIN CERTIFICATE-----"

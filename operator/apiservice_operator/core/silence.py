@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apiservice_operator.model import Target
+from apiservice_operator.core.model import Target
 
 
 @dataclass

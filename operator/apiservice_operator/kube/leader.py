@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from apiservice_operator.kubeapi import Credentials
+from apiservice_operator.kube.client import Credentials
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from apiservice_operator.blast import blocked_count
-from apiservice_operator.decide import AWAITING
-from apiservice_operator.kubeapi import GROUP, VERSION, Credentials
-from apiservice_operator.model import Condition, Status
+from apiservice_operator.core.blast import blocked_count
+from apiservice_operator.core.decide import AWAITING
+from apiservice_operator.core.model import Condition, Status
+from apiservice_operator.kube.client import GROUP, VERSION, Credentials
 
 log = logging.getLogger(__name__)
 AGGREGATION_WINDOW = 600.0  # client-go's default: 10 minutes

@@ -8,7 +8,7 @@ import functools
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from apiservice_operator.model import Certificate
+from apiservice_operator.core.model import Certificate
 
 
 def _name(name: x509.Name) -> str:

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from apiservice_operator.model import DEFAULT_CONDITION_PREFIX, DEFAULT_PROBE_TIMEOUT, ConditionTypes
-from apiservice_operator.selector import LabelSelector
+from apiservice_operator.core.model import DEFAULT_CONDITION_PREFIX, DEFAULT_PROBE_TIMEOUT, ConditionTypes
+from apiservice_operator.core.selector import LabelSelector
 
 ENV_PREFIX = "APISERVICE_OPERATOR_"
 PATH_PROBE_MODES = ("auto", "instances", "kubeconfig", "off")

@@ -27,8 +27,8 @@ import httpx
 import kopf
 from kubernetes_asyncio import client, config
 
-from apiservice_operator import pool
-from apiservice_operator.model import Condition
+from apiservice_operator.core.model import Condition
+from apiservice_operator.probing import pool
 
 FIELD_MANAGER = "apiservice-operator"
 # status writes at once (the controller's slots), and as many connections kept for them: with

@@ -18,7 +18,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from apiservice_operator.kubeapi import Credentials
+from apiservice_operator.kube.client import Credentials
 
 log = logging.getLogger(__name__)
 

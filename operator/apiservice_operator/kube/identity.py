@@ -17,7 +17,7 @@ from collections.abc import Callable
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from apiservice_operator.kubeapi import Credentials
+from apiservice_operator.kube.client import Credentials
 
 log = logging.getLogger(__name__)
 TOKEN_SECONDS = 600  # the TokenRequest API's minimum lifetime: a leaked token is useless soon

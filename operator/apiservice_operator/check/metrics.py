@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from apiservice_operator.model import Condition, ErrorKind, ProbePlan, ProbeResult, Status
-from apiservice_operator.path import PathOutcome, PathResult
+from apiservice_operator.core.model import Condition, ErrorKind, ProbePlan, ProbeResult, Status
+from apiservice_operator.core.path import PathOutcome, PathResult
 
 # discovery must answer within 5 s; finer buckets below 1 s where healthy servers live
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

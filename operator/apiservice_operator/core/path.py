@@ -19,7 +19,7 @@ import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from apiservice_operator.model import ErrorKind, Obj, ProbePlan, ProbeResult, Status, Target
+from apiservice_operator.core.model import ErrorKind, Obj, ProbePlan, ProbeResult, Status, Target
 
 # kube-apiserver maintains this Service's EndpointSlice itself (its lease reconciler): one address
 # per live instance, with no controller-manager needed (verified, DESIGN 9)
