@@ -24,8 +24,8 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from apiservice_operator.core.blast import blocked_count
-from apiservice_operator.core.model import DEFAULT_CONDITION_PREFIX, ConditionTypes
-from apiservice_operator.kube.client import GROUP, PLURAL, VERSION, Credentials
+from apiservice_operator.core.model import DEFAULT_CONDITION_PREFIX, GROUP, PLURAL, VERSION, ConditionTypes
+from apiservice_operator.kube.client import Credentials
 
 COLUMNS = ("NAME", "SERVICE", "KUBE-APISERVER", "PROBED", "REASON", "PATH", "LATENCY", "ENDPOINTS", "AGE")
 _PASSED = re.compile(r"passed (?:through .*? and )?on (\d+)/(\d+) endpoints in (\S+)")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from apiservice_operator.core.model import Condition, Status
-from apiservice_operator.kube.client import Credentials, WriteForbidden, write_conditions
+from apiservice_operator.core.model import Condition, Status, WriteForbidden
+from apiservice_operator.kube.client import Credentials, write_conditions
 from tests import builders
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.kube import Kube

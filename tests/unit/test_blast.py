@@ -61,7 +61,7 @@ def test_an_unavailable_api_says_which_deletions_it_blocks_and_a_healthy_one_doe
 
 def test_an_outage_that_starts_blocking_more_namespaces_is_an_event_though_nothing_else_moved() -> None:
     from apiservice_operator.core.model import Condition
-    from apiservice_operator.kube.events import event_for_transition
+    from apiservice_operator.core.transitions import event_for_transition
 
     types = ConditionTypes()
     degraded = Condition(types.degraded, Status.FALSE, "Unavailable", "not available", "t")

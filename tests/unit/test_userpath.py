@@ -28,7 +28,7 @@ from apiservice_operator.core.path import (
     remember,
     resolve_instances,
 )
-from apiservice_operator.kube.events import event_for_transition
+from apiservice_operator.core.transitions import event_for_transition
 
 TYPES = ConditionTypes()
 NOW = "2026-01-01T12:00:00Z"

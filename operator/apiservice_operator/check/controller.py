@@ -20,12 +20,21 @@ from apiservice_operator.check.metrics import Metrics
 from apiservice_operator.check.schedule import ProbeQueue
 from apiservice_operator.core.blast import group_version
 from apiservice_operator.core.decide import changed, decide, our_conditions
-from apiservice_operator.core.model import Condition, ErrorKind, Obj, ProbeResult, Resolution, Status, Target
+from apiservice_operator.core.model import (
+    WRITES_IN_FLIGHT,
+    Condition,
+    ErrorKind,
+    Obj,
+    ProbeResult,
+    Resolution,
+    Status,
+    Target,
+    WriteForbidden,
+)
 from apiservice_operator.core.path import PathEvidence, PathResult
 from apiservice_operator.core.resolve import resolve
 from apiservice_operator.core.settings import Settings
-from apiservice_operator.kube.client import WRITES_IN_FLIGHT, WriteForbidden
-from apiservice_operator.kube.events import EventSpec, event_for_transition
+from apiservice_operator.core.transitions import EventSpec, event_for_transition
 from apiservice_operator.probing.pathcheck import PathChecker
 
 log = logging.getLogger("apiservice_operator")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from kubernetes_asyncio import client
 
+from apiservice_operator.core.model import GROUP, PLURAL, VERSION
 from apiservice_operator.core.settings import Settings
-from apiservice_operator.kube.client import GROUP, PLURAL, VERSION, Credentials, write_conditions
+from apiservice_operator.kube.client import Credentials, write_conditions
 
 
 async def cleanup(settings: Settings) -> int:

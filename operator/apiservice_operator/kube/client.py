@@ -24,19 +24,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-import kopf
 from kubernetes_asyncio import client, config
 
-from apiservice_operator.core.model import Condition
+from apiservice_operator.core.model import (
+    FIELD_MANAGER,
+    GROUP,
+    PLURAL,
+    VERSION,
+    WRITES_IN_FLIGHT,
+    Condition,
+    WriteFailed,
+    WriteForbidden,
+)
 from apiservice_operator.probing import pool
 
-FIELD_MANAGER = "apiservice-operator"
-# status writes at once (the controller's slots), and as many connections kept for them: with
-# pool.py's default of 16 kept, a start's burst of 1,000 first verdicts closed and reopened
-# connections all along (TLS handshakes 9 % of the start's CPU at N = 1,000, make bench)
-WRITES_IN_FLIGHT = 64
 WRITE_TIMEOUT = 30.0  # kube-apiserver's own request timeout is 60 s; a write this late is retried
-GROUP, VERSION, PLURAL = "apiregistration.k8s.io", "v1", "apiservices"
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +85,14 @@ class Credentials:
         self.token = value or None
         return self.token
 
-    async def connection_info(self) -> kopf.ConnectionInfo:
-        """For kopf's on.login. Its first login reuses what run() loaded; a later one means kopf
-        got a 401 (an expired or rotated token): then credentials are loaded afresh."""
+    async def login(self) -> client.Configuration:
+        """For kopf's on.login (the adapter turns it into kopf's ConnectionInfo). Its first login
+        reuses what run() loaded; a later one means kopf got a 401 (an expired or rotated token):
+        then credentials are loaded afresh."""
         self._logins += 1
-        configuration = self.configuration if self._logins == 1 and self.configuration else await self.load()
-        return kopf.ConnectionInfo(
-            server=str(configuration.host),
-            ca_path=configuration.ssl_ca_cert or None,
-            insecure=not configuration.verify_ssl,
-            certificate_path=configuration.cert_file or None,
-            private_key_path=configuration.key_file or None,
-            scheme="Bearer" if self.token else None,
-            token=self.token,
-        )
+        if self._logins == 1 and self.configuration is not None:
+            return self.configuration
+        return await self.load()
 
     async def close(self) -> None:
         if self.api is not None:
@@ -135,10 +131,6 @@ def status_body(name: str, conditions: Sequence[Condition]) -> dict[str, Any]:
     }
 
 
-class WriteForbidden(RuntimeError):
-    pass
-
-
 async def write_conditions(credentials: Credentials, name: str, conditions: Sequence[Condition]) -> bool:
     """Server-side apply on apiservices/<name>/status. False when the APIService is gone."""
     if credentials.http is None or credentials.configuration is None:
@@ -161,10 +153,6 @@ async def write_conditions(credentials: Credentials, name: str, conditions: Sequ
     if not response.is_success:
         raise WriteFailed(f"HTTP {response.status_code}: {_status_message(response)}")
     return True
-
-
-class WriteFailed(RuntimeError):
-    pass
 
 
 def _status_message(response: httpx.Response) -> str:

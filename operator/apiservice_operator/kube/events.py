@@ -8,55 +8,17 @@ import datetime
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from apiservice_operator.core.blast import blocked_count
-from apiservice_operator.core.decide import AWAITING
-from apiservice_operator.core.model import Condition, Status
-from apiservice_operator.kube.client import GROUP, VERSION, Credentials
+from apiservice_operator.core.model import GROUP, VERSION
+from apiservice_operator.core.transitions import EventSpec
+from apiservice_operator.kube.client import Credentials
 
 log = logging.getLogger(__name__)
 AGGREGATION_WINDOW = 600.0  # client-go's default: 10 minutes
 COMPONENT = "apiservice-operator"
-
-
-@dataclass(frozen=True)
-class EventSpec:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-def event_for_transition(before: dict[str, Condition], available: Condition, degraded: Condition) -> EventSpec | None:
-    """What to say about a check that changed our conditions; None when nothing worth an event did."""
-    if available.reason == AWAITING:
-        return None  # lasts one check: the verdict after it says what happened
-    prior_a, prior_d = before.get(available.type), before.get(degraded.type)
-    if prior_a is not None and prior_a.status is Status.UNKNOWN and prior_a.reason == AWAITING:
-        prior_a = prior_d = None  # no verdict before it: this is the first
-    available_moved = prior_a is None or (prior_a.status, prior_a.reason) != (available.status, available.reason)
-    degraded_moved = prior_d is None or prior_d.status != degraded.status
-    if not (available_moved or degraded_moved):
-        blocking = blocked_count(available.message)
-        if available.status is not Status.TRUE and blocking > blocked_count(prior_a.message if prior_a else ""):
-            # the outage now holds up more namespace deletions: worth telling, though nothing else moved
-            return EventSpec("Warning", "BlockingNamespaceDeletion",
-                             f"{available.type} is {available.status}: {available.message}")
-        return None
-    if available.status is not Status.TRUE:
-        return EventSpec("Warning", available.reason, f"{available.type} is {available.status}: {available.message}")
-    if degraded.status is Status.TRUE:
-        return EventSpec("Warning", degraded.reason, f"{degraded.type} is True: {degraded.message}")
-    was_bad = prior_a is not None and (prior_a.status is not Status.TRUE or
-                                       (prior_d is not None and prior_d.status is Status.TRUE))
-    if was_bad:
-        return EventSpec("Normal", "Recovered", f"{available.type} is True again: {available.message}")
-    # a first verdict that all is well is no news: the condition says it, and an operator (re)started
-    # beside 1,000 APIServices would post 1,000 Events saying nothing happened
-    return None
 
 
 def _rfc3339(ts: float) -> datetime.datetime:
