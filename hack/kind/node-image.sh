@@ -7,8 +7,9 @@
 #   hack/kind/node-image.sh      build or reuse; prints the node image reference on the last line
 #   KIND_IMAGE_PREFIX=...        name prefix of the images it makes (default apiservice-operator-kind)
 #
-# Cached by content: the tag is a hash of the versions and of every file under hack/kind/, so the
-# image is rebuilt only when one of those changes. Needs root (debootstrap) and a Docker engine.
+# Cached by content: the tag is a hash of the versions, of every file under hack/kind/ and of the
+# shared build recipe hack/lib/kube-gomod.sh, so the image is rebuilt only when one of those
+# changes. Needs root (debootstrap) and a Docker engine.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$REPO/hack/kind"
@@ -20,6 +21,8 @@ log() { echo "node-image: $*" >&2; }
 inputs_hash() {
   { echo "$KIND_VERSION $KUBE_VERSION $SUITE"
     (cd "$HERE" && find . -type f | LC_ALL=C sort | xargs sha256sum)
+    # the wrapper go.mod recipe build-kube-node.sh sources from outside hack/kind/
+    (cd "$REPO/hack" && sha256sum lib/kube-gomod.sh)
   } | sha256sum | cut -c1-12
 }
 HASH="$(inputs_hash)"
