@@ -112,6 +112,17 @@ class ProbeResult:
 
 
 @dataclass(frozen=True)
+class Handshake:
+    """One TCP connect and TLS handshake, unverified on purpose: to show what a server presents even
+    when it fails verification (explain). The verdict never rests on it; the probe verifies."""
+
+    tcp_seconds: float | None
+    tls_seconds: float | None
+    presented: tuple[Certificate, ...]
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Condition:
     type: str
     status: Status
@@ -186,3 +197,7 @@ class WriteForbidden(RuntimeError):
 
 class WriteFailed(RuntimeError):
     """A status write that did not land for another reason (throttled, a server error)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds kube-apiserver asked us to wait (429 / 503 Retry-After)

@@ -151,8 +151,17 @@ async def write_conditions(credentials: Credentials, name: str, conditions: Sequ
             f"forbidden: cannot patch apiservices/status ({name}): the operator's RBAC needs "
             f"verb=patch on resource=apiservices/status in {GROUP}")
     if not response.is_success:
-        raise WriteFailed(f"HTTP {response.status_code}: {_status_message(response)}")
+        raise WriteFailed(f"HTTP {response.status_code}: {_status_message(response)}", _retry_after(response))
     return True
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds (API Priority and Fairness sends it with 429); an HTTP date is not
+    something kube-apiserver sends, and is ignored."""
+    try:
+        return float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
 
 
 def _status_message(response: httpx.Response) -> str:

@@ -18,7 +18,7 @@ import httpx
 
 from apiservice_operator import __version__
 from apiservice_operator.core import certs
-from apiservice_operator.core.model import Certificate, ErrorKind, ProbePlan, ProbeResult, Target
+from apiservice_operator.core.model import Certificate, ErrorKind, Handshake, ProbePlan, ProbeResult, Target
 from apiservice_operator.core.silence import Silence
 from apiservice_operator.probing import pool
 from apiservice_operator.probing.looplag import LoopLag
@@ -291,17 +291,6 @@ class Prober:
         except (OSError, ssl.SSLError) as exc:
             kind, detail = _classify(exc)
             return result(kind, detail)
-
-
-@dataclass(frozen=True)
-class Handshake:
-    """One TCP connect and TLS handshake, unverified on purpose: to show what a server presents even
-    when it fails verification (explain). The verdict never rests on it; the probe verifies."""
-
-    tcp_seconds: float | None
-    tls_seconds: float | None
-    presented: tuple[Certificate, ...]
-    error: str = ""
 
 
 async def inspect_tls(target: Target, server_name: str, budget: float) -> Handshake:

@@ -20,6 +20,7 @@ from kopf._core.engines.peering import Identity  # a NewType of str; kopf does n
 
 from apiservice_operator.check.controller import Controller, utc_now
 from apiservice_operator.check.metrics import Metrics
+from apiservice_operator.check.pipeline import Pipeline
 from apiservice_operator.core.blast import apiservice_name, blocking_group_versions
 from apiservice_operator.core.model import APISERVICES, Condition, Obj
 from apiservice_operator.core.settings import Settings
@@ -30,7 +31,7 @@ from apiservice_operator.kube.identity import ProbeIdentity
 from apiservice_operator.kube.leader import LeaderElector
 from apiservice_operator.kube.permissions import Permission, missing_permissions, needed
 from apiservice_operator.probing.pathcheck import ClusterAccess, PathChecker, effective_mode
-from apiservice_operator.probing.probe import Prober
+from apiservice_operator.probing.probe import Prober, inspect_tls
 from apiservice_operator.run import heap
 from apiservice_operator.serve.explain import explain
 from apiservice_operator.serve.health import HealthState
@@ -338,8 +339,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # kopf waits up to 5 s for any task spawned after its start (our checks among them) before it
     # exits: so on SIGTERM our own loop stops first, the Lease is released, then kopf is told.
     kopf_stop = asyncio.Event()
+    # the controller's pipeline, traced: every request sent, each handshake looked at, nothing remembered
+    traced = Pipeline(settings, inputs, prober.probe_discovery, controller.path, utc_now, prober.silence.silent,
+                      probe_every=prober.probe_every, inspect=inspect_tls)
+
     async def explain_one(name: str) -> dict[str, Any] | None:
-        return await explain(name, inputs, settings, prober.probe_every, controller.path, utc_now())
+        return await explain(name, traced)
 
     runner = (await serve_health(settings.metrics_port, health, metrics, explain=explain_one)
               if settings.metrics_port else None)

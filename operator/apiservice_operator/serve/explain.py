@@ -1,26 +1,18 @@
-"""explain: one fresh check of one APIService, hop by hop, with the same resolve, the same prober,
-the same path checker and the same decide as the verdicts (a second trace that could disagree with
-them would be worse than none). Served read-only on the operator's port; `kubectl apiservices
-explain NAME` fetches it through kube-apiserver's service proxy, so it runs where the Pods are."""
+"""explain: one fresh check of one APIService, hop by hop, rendered for a person. The check is the
+controller's own pipeline (check/pipeline.py) run traced, so the verdict shown is the one the
+controller would write (a second trace that could disagree with it would be worse than none).
+Served read-only on the operator's port; `kubectl apiservices explain NAME` fetches it through
+kube-apiserver's service proxy, so it runs where the Pods are."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from apiservice_operator.check.controller import Inputs
-from apiservice_operator.core.blast import group_version
-from apiservice_operator.core.decide import decide, our_conditions
-from apiservice_operator.core.model import Certificate, Condition, ErrorKind, ProbePlan, ProbeResult, Status
-from apiservice_operator.core.path import PathEvidence, PathResult
-from apiservice_operator.core.resolve import resolve
-from apiservice_operator.core.settings import Settings
-from apiservice_operator.probing.pathcheck import PathChecker, kube_available
-from apiservice_operator.probing.probe import Handshake, inspect_tls
-
-Inspect = Callable[..., Awaitable[Handshake]]
+from apiservice_operator.check.pipeline import Pipeline
+from apiservice_operator.core.model import Certificate, Condition, ErrorKind, Handshake, ProbePlan, ProbeResult, Status
+from apiservice_operator.probing.pathcheck import kube_available
 
 
 def _cert(c: Certificate) -> dict[str, Any]:
@@ -81,24 +73,21 @@ def fix_for(available: Condition, degraded: Condition, plan: ProbePlan | None,
     return fix
 
 
-async def explain(name: str, inputs: Inputs, settings: Settings, probe: Callable[[ProbePlan],
-                  Awaitable[list[ProbeResult]]], checker: PathChecker | None, now: str,
-                  inspect: Inspect = inspect_tls) -> dict[str, Any] | None:
-    """The trace as plain data (JSON); None when no such APIService is handled."""
-    apiservice = inputs.apiservice(name)
-    if apiservice is None:
+async def explain(name: str, pipeline: Pipeline) -> dict[str, Any] | None:
+    """The trace as plain data (JSON); None when no such APIService is handled. The check is the
+    controller's own pipeline, run traced: the verdict here is the one the controller would reach."""
+    outcome = await pipeline.run(name, traced=True)
+    if outcome is None:
         return None
-    spec = apiservice.get("spec") or {}
+    gathered, evidence = outcome.gathered, outcome.evidence
+    spec = gathered.apiservice.get("spec") or {}
     ref = spec.get("service") or {}
-    namespace, service_name = ref.get("namespace") or "", ref.get("name") or ""
-    service = inputs.service(namespace, service_name) if ref else None
-    slices = inputs.slices(namespace, service_name) if ref else []
-    resolution = resolve(apiservice, service, slices)
+    service, slices, resolution = gathered.service, gathered.slices, gathered.resolution
     plan = resolution.plan
     report: dict[str, Any] = {
         "name": name,
         "apiservice": {"group": spec.get("group") or "", "version": spec.get("version") or "",
-                       "service": f"{namespace}/{service_name}" if ref else None,
+                       "service": f"{ref.get('namespace') or ''}/{ref.get('name') or ''}" if ref else None,
                        "port": ref.get("port") or (443 if ref else None),
                        "insecureSkipTLSVerify": bool(spec.get("insecureSkipTLSVerify")),
                        "caBundle": [_cert(c) for c in plan.ca_certificates] if plan else []},
@@ -113,34 +102,20 @@ async def explain(name: str, inputs: Inputs, settings: Settings, probe: Callable
         "resolution": None if resolution.verdict is None else asdict(resolution.verdict),
         "endpoints": [], "instances": [],
     }
-    probes: list[ProbeResult] = []
-    evidence: PathEvidence | None = None
     if plan is not None:
-        budget = settings.probe_timeout
-        asks: list[Awaitable[Any]] = [probe(plan)]
-        asks += [inspect(t, plan.server_name, budget) for t in plan.targets]
-        if checker is not None:
-            asks.append(checker.ask(plan))
-        answers = await asyncio.gather(*asks)
-        probes = answers[0]
-        handshakes: list[Handshake] = answers[1:1 + len(plan.targets)]
-        through: list[PathResult] = answers[-1] if checker is not None else []
-        if checker is not None:
-            evidence = await checker.evidence(apiservice, plan, tuple(through))
-        for result, handshake in zip(sorted(probes, key=lambda p: p.target.endpoint), handshakes, strict=False):
-            report["endpoints"].append(_endpoint(result, handshake, plan))
+        handshakes = dict(zip(plan.targets, evidence.handshakes, strict=False))
+        none = Handshake(None, None, ())
+        report["endpoints"] = [_endpoint(result, handshakes.get(result.target, none), plan)
+                               for result in sorted(evidence.probes, key=lambda p: p.target.endpoint)]
         report["instances"] = [{"instance": r.instance.endpoint, "outcome": str(r.outcome), "detail": r.detail,
-                                "seconds": round(r.latency, 4)} for r in through]
-        report["instancesVia"] = evidence.via if evidence else "off (--path-probe=off)"
-    kube = kube_available(apiservice)
+                                "seconds": round(r.latency, 4)} for r in evidence.through]
+        report["instancesVia"] = evidence.path.via if evidence.path else "off (--path-probe=off)"
+    kube = kube_available(outcome.apiservice)
     report["kubeApiserver"] = {"status": str(kube[0]) if kube[0] else None, "message": kube[1]}
-    previous = our_conditions(apiservice.get("status"), settings.types)
-    report["current"] = [c.to_api() for c in previous]
-    available, degraded = decide(resolution, probes, previous, now, settings.types, settings.probe_timeout,
-                                 evidence, settings.cert_expiry_warning * 86400,
-                                 inputs.blocked_namespaces(group_version(apiservice)))
+    report["current"] = [c.to_api() for c in outcome.previous]
+    available, degraded = outcome.conditions
     report["verdict"] = [available.to_api(), degraded.to_api()]
-    report["fix"] = fix_for(available, degraded, plan, probes)
+    report["fix"] = fix_for(available, degraded, plan, evidence.probes)
     return report
 
 

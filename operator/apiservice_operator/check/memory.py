@@ -1,0 +1,59 @@
+"""The controller's short memories: what it wrote last (until the watch brings it back), and how
+far the current sweep over every APIService has got."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from apiservice_operator.core.model import Condition, Obj
+
+
+@dataclass
+class Written:
+    """What we wrote last, and the resourceVersion we saw then: until the watch brings a newer
+    object, the index still shows the old status and must not cause a second identical write."""
+
+    _last: dict[str, tuple[tuple[Condition, ...], str]] = field(default_factory=dict)
+
+    def remember(self, name: str, conditions: Sequence[Condition], seen: Obj) -> None:
+        self._last[name] = (tuple(conditions), _resource_version(seen))
+
+    def previous(self, name: str, apiservice: Obj) -> list[Condition] | None:
+        """Our last write where the object is still the one we saw when we wrote; None otherwise."""
+        last = self._last.get(name)
+        if last is not None and last[1] == _resource_version(apiservice):
+            return list(last[0])
+        return None
+
+    def forget(self, name: str) -> None:
+        self._last.pop(name, None)
+
+
+def _resource_version(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion", ""))
+
+
+@dataclass
+class Sweep:
+    """A sweep is complete when every handled APIService has been checked once since it began."""
+
+    _pending: set[str] = field(default_factory=set)
+    _started: float | None = None
+
+    def done(self, name: str, now: float, names: Callable[[], Iterable[str]]) -> SweepEnd | None:
+        """`name` was checked (or is gone). When that completes a sweep, a new one begins over
+        `names()` (asked only then: it lists every APIService), and what ended is returned."""
+        self._pending.discard(name)
+        if self._pending:
+            return None
+        took = None if self._started is None else now - self._started
+        self._pending = set(names())
+        self._started = now if self._pending else None
+        return SweepEnd(took, len(self._pending))
+
+
+@dataclass(frozen=True)
+class SweepEnd:
+    took: float | None  # seconds the sweep took; None for the first, which began before anything was known
+    next_size: int  # APIServices in the sweep that begins now

@@ -1,0 +1,204 @@
+"""One check of one APIService, from inputs to evidence to verdict: gather what the watches know,
+resolve, probe the endpoints, ask the path through kube-apiserver, decide. The controller runs it and
+writes what it returns; explain runs the same steps traced and renders them. A new hop is added
+here, once, so that the verdict and its explanation cannot drift apart.
+
+The two runs differ only where they must:
+- live (the controller): the endpoints' silence is judged (probing/silence), the path is asked once
+  per interval unless the endpoints' answers changed, gated answers are replaced by what each
+  instance last said itself (PathChecker.settle), latency is paced (Pacing), and the previous
+  conditions are what we last wrote;
+- traced (explain): every request is sent and answered on its own, each endpoint's TLS handshake is
+  looked at, and nothing is remembered.
+Evidence shared by a whole round (one /livez of the instances for every path probe waiting on it)
+is read through probing/shared.SharedRead inside the path checker: the same place takes the next
+hop's per-instance reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from apiservice_operator.check.pacing import Pacing
+from apiservice_operator.core.blast import group_version
+from apiservice_operator.core.decide import decide, our_conditions
+from apiservice_operator.core.model import (
+    Condition,
+    Handshake,
+    Obj,
+    ProbePlan,
+    ProbeResult,
+    Resolution,
+    Target,
+)
+from apiservice_operator.core.path import PathEvidence, PathResult
+from apiservice_operator.core.resolve import resolve
+from apiservice_operator.core.settings import Settings
+from apiservice_operator.probing.pathcheck import PathChecker
+
+ProbeFn = Callable[[ProbePlan], Awaitable[list[ProbeResult]]]
+Inspect = Callable[[Target, str, float], Awaitable[Handshake]]
+
+
+class Inputs(Protocol):
+    """What the watches know (kopf's indexes in production, dicts in tests)."""
+
+    def apiservice(self, name: str) -> Obj | None: ...
+    def service(self, namespace: str, name: str) -> Obj | None: ...
+    def slices(self, namespace: str, name: str) -> list[Obj]: ...
+    def apiservice_names(self) -> Iterable[str]: ...
+    def blocked_namespaces(self, group_version: str) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """The inputs of one check, as the watches had them when it began."""
+
+    apiservice: Obj
+    service: Obj | None
+    slices: list[Obj]
+    resolution: Resolution
+
+
+def gather(inputs: Inputs, name: str) -> Gathered | None:
+    apiservice = inputs.apiservice(name)
+    if apiservice is None:
+        return None
+    ref = (apiservice.get("spec") or {}).get("service") or {}
+    namespace, service_name = ref.get("namespace") or "", ref.get("name") or ""
+    service = inputs.service(namespace, service_name) if ref else None
+    slices = inputs.slices(namespace, service_name) if ref else []
+    return Gathered(apiservice, service, slices, resolve(apiservice, service, slices))
+
+
+@dataclass
+class Evidence:
+    """What the hops found. `measured` are the endpoints' answers as they came (for metrics and the
+    sharing of endpoints), `probes` as the decision weighs them (paced); `asked` the instances'
+    answers when they were asked in this check (None: a recent answer was reused), `through` what the
+    decision weighs."""
+
+    measured: list[ProbeResult] = field(default_factory=list)
+    probes: list[ProbeResult] = field(default_factory=list)
+    asked: tuple[PathResult, ...] | None = None
+    through: tuple[PathResult, ...] = ()
+    path: PathEvidence | None = None
+    handshakes: tuple[Handshake, ...] = ()  # traced only, in the plan's target order
+    via_path: bool = False  # the path through kube-apiserver was part of this check
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    gathered: Gathered
+    apiservice: Obj  # as the watches had it once the evidence was in: its conditions are the previous ones
+    evidence: Evidence
+    previous: list[Condition]
+    conditions: tuple[Condition, Condition]  # (Available, Degraded)
+    blocked: list[str]
+
+
+Remembered = Callable[[str, Obj], "list[Condition] | None"]
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    inputs: Inputs
+    probe: ProbeFn  # the endpoints, silence judged (the prober's probe_discovery)
+    path: PathChecker | None = None  # None: the path probe is off, the endpoints alone decide
+    now: Callable[[], str] = lambda: ""
+    # whether an endpoint has answered nothing for a whole budget (probing/silence)
+    silent: Callable[[Target], bool] | None = None
+    probe_every: ProbeFn | None = None  # traced: every request sent, each its own answer (default: probe)
+    inspect: Inspect | None = None  # traced: each endpoint's TLS handshake, looked at unverified
+    pacing: Pacing = field(default_factory=Pacing)
+    slots: asyncio.Semaphore | None = None  # the live run's probe slots (--concurrency)
+    on_probe: Callable[[], None] | None = None  # the live run has a slot and sends its probes
+
+    async def run(self, name: str, *, interval: float = 0.0, remembered: Remembered | None = None,
+                  traced: bool = False) -> Outcome | None:
+        """One check; None when the APIService is gone (before it or while it waited on the probes).
+        `interval`: the periodic interval (how recent a path answer may be reused); `remembered`: what
+        we last wrote, where the watch has not brought it back yet."""
+        gathered = gather(self.inputs, name)
+        if gathered is None:
+            return None
+        apiservice, plan = gathered.apiservice, gathered.resolution.plan
+        evidence = Evidence()
+        if plan is not None:
+            evidence = await (self._traced(plan) if traced else self._live(name, plan, interval))
+            fresher = self.inputs.apiservice(name)  # fresher previous conditions after the wait
+            if fresher is None:
+                return None
+            apiservice = fresher
+            if self.path is not None and evidence.via_path:
+                evidence.path = await self.path.evidence(apiservice, plan, evidence.through)
+        previous = our_conditions(apiservice.get("status"), self.settings.types)
+        if remembered is not None:
+            previous = remembered(name, apiservice) or previous
+        blocked = self.inputs.blocked_namespaces(group_version(apiservice))
+        conditions = decide(gathered.resolution, evidence.probes, previous, self.now(), self.settings.types,
+                            self.settings.probe_timeout, evidence.path, self.settings.cert_expiry_warning * 86400,
+                            blocked)
+        return Outcome(name, gathered, apiservice, evidence, previous, conditions, blocked)
+
+    def forget(self, name: str) -> None:
+        self.pacing.forget(name)
+        if self.path is not None:
+            self.path.forget(name)
+
+    def all_silent(self, targets: Iterable[Target]) -> bool:
+        return self.silent is not None and all(self.silent(t) for t in targets)
+
+    async def _live(self, name: str, plan: ProbePlan, interval: float) -> Evidence:
+        checker = self.path
+        if checker is not None and self.all_silent(plan.targets):
+            # kube-apiserver would relay to the same silent endpoints: a path probe would only wait out
+            # its budget (in a mass hang each check did, 51 checks/s at most); the endpoints decide
+            checker = None
+        asked: tuple[PathResult, ...] = ()
+        fresh = False
+        async with self.slots if self.slots is not None else contextlib.nullcontext():
+            if self.on_probe is not None:
+                self.on_probe()
+            if checker is not None and checker.due(name, interval):
+                # side by side: a hang costs one budget, not two
+                measured, (asked, fresh) = await asyncio.gather(
+                    self.probe(plan), checker.check(name, plan, None, interval))
+            else:
+                measured = await self.probe(plan)
+                if checker is not None and self.all_silent(plan.targets):
+                    # they have just gone silent: asking kube-apiserver now would wait out a second
+                    # budget (a hang showed after 10 s, make bench), and it relays to them anyway
+                    checker = None
+                if checker is not None:
+                    asked, fresh = await checker.check(name, plan, measured, interval)
+        probes = self.pacing.paced(name, measured)
+        if checker is None:
+            return Evidence(measured, probes)
+        through = checker.settle(name, asked, probes) if fresh else asked
+        return Evidence(measured, probes, asked if fresh else None, through, via_path=True)
+
+    async def _traced(self, plan: ProbePlan) -> Evidence:
+        budget = self.settings.probe_timeout
+        probe = self.probe_every or self.probe
+        inspect = self.inspect
+        handshakes: Sequence[Handshake] = ()
+
+        async def look() -> Sequence[Handshake]:
+            if inspect is None:
+                return ()
+            return await asyncio.gather(*(inspect(t, plan.server_name, budget) for t in plan.targets))
+
+        async def ask() -> list[PathResult]:
+            return await self.path.ask(plan) if self.path is not None else []
+
+        measured, handshakes, through = await asyncio.gather(probe(plan), look(), ask())
+        return Evidence(measured, list(measured), tuple(through), tuple(through), None, tuple(handshakes),
+                        via_path=self.path is not None)
+

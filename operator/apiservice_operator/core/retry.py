@@ -1,0 +1,62 @@
+"""One retry policy for everything that fails and must be tried again: checks that did not end in
+Available=True and status writes that did not land. Exponential from `base`, capped, with jitter,
+and able to take a hint (a 429's Retry-After) and a kick (something says: look again now).
+
+kube-aggregator re-queues a failed check with client-go's exponential failure rate limiter (5 ms to
+30 s, remote_available_controller.go): fast after short outages, gentle during long ones. Ours
+starts at 1 s (a probe costs a round trip to the server, not a map lookup) and is capped by the
+caller, usually the periodic interval, so that a failing APIService is never re-checked less often
+than a healthy one. Pure: the random source is injected.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+DEFAULT_BASE = 1.0  # seconds
+DEFAULT_JITTER = 0.1  # up to this fraction taken off at random: retries of a burst of failures spread out
+MAX_HINT = 300.0  # seconds: a Retry-After beyond this is a server's mistake, not a plan
+
+
+@dataclass
+class RetryPolicy:
+    base: float = DEFAULT_BASE
+    jitter: float = DEFAULT_JITTER
+    rand: Callable[[], float] = random.random
+    _failures: dict[Hashable, int] = field(default_factory=dict)
+    _hints: dict[Hashable, float] = field(default_factory=dict)
+
+    def failures(self, key: Hashable) -> int:
+        return self._failures.get(key, 0)
+
+    def failed(self, key: Hashable, hint: float | None = None) -> None:
+        """One more failure in a row; `hint` is the least wait the other side asked for."""
+        self._failures[key] = self._failures.get(key, 0) + 1
+        if hint is not None and hint > 0:
+            self._hints[key] = min(hint, MAX_HINT)
+        else:
+            self._hints.pop(key, None)
+
+    def succeeded(self, key: Hashable) -> None:
+        self._failures.pop(key, None)
+        self._hints.pop(key, None)
+
+    forget = succeeded
+
+    def kick(self, key: Hashable) -> None:
+        """Something says the cause may be gone (a change seen): the next wait starts from `base`
+        again, and an old hint no longer holds; the failure still counts as one."""
+        if key in self._failures:
+            self._failures[key] = 1
+        self._hints.pop(key, None)
+
+    def delay(self, key: Hashable, cap: float) -> float | None:
+        """Seconds until the next try, or None when the key is not failing (the caller's own pace
+        applies). Never below a hint, even where the hint exceeds `cap`."""
+        failures = self._failures.get(key, 0)
+        if not failures:
+            return None
+        wait = min(cap, self.base * 2.0 ** min(failures - 1, 32)) * (1 - self.jitter * self.rand())
+        return max(wait, self._hints.get(key, 0.0))
