@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("starting command=%s version=%s settings=%s", args.command, __version__,
              json.dumps(settings.describe(), sort_keys=True))
     if args.command == "run":
-        from apiservice_operator.run.app import run
+        from apiservice_operator.run.supervisor import run
 
         async def main_run() -> None:
             stop = asyncio.Event()

@@ -1,0 +1,283 @@
+"""The kopf adapter: the only module that imports kopf. Watches (indexes and event handlers only: no
+finalizer, no annotation, no kopf status; DESIGN 8 says why), our credentials handed to kopf's
+login, and kopf's start and stop. Its handlers only enqueue: the controller does the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import kopf
+
+# kopf.operator() takes an `indexers` argument typed with this class, and re-exports neither it nor
+# Identity (a NewType of str): an embedded operator that wants to discard an index entry (a resync
+# finding a ghost) or name itself has to import them from kopf's private modules.
+from kopf._core.engines.indexing import OperatorIndexers
+from kopf._core.engines.peering import Identity as KopfIdentity
+
+from apiservice_operator.check.controller import Controller
+from apiservice_operator.core.blast import apiservice_name, blocking_group_versions
+from apiservice_operator.core.model import APISERVICES, Obj
+from apiservice_operator.core.settings import Settings
+from apiservice_operator.kube import resync
+from apiservice_operator.kube.client import Credentials
+from apiservice_operator.serve.health import HealthState
+
+log = logging.getLogger("apiservice_operator")
+# Full group, version and plural, as APISERVICES (core.model) is: DESIGN 8.
+SERVICES = ("", "v1", "services")
+ENDPOINTSLICES = ("discovery.k8s.io", "v1", "endpointslices")
+NAMESPACES = ("", "v1", "namespaces")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+class IndexInputs:
+    """Reads kopf's live indexes (filled by the watches) in the shape the controller wants."""
+
+    def __init__(self) -> None:
+        self.indices: dict[str, Any] = {}
+
+    def _one(self, index: str, key: object) -> Obj | None:
+        store = self.indices[index].get(key) if index in self.indices else None
+        return next(iter(store), None) if store else None
+
+    def apiservice(self, name: str) -> Obj | None:
+        return self._one("apiservice_by_name", name)
+
+    def service(self, namespace: str, name: str) -> Obj | None:
+        return self._one("service_by_name", (namespace, name))
+
+    def slices(self, namespace: str, name: str) -> list[Obj]:
+        store = self.indices["slices_by_service"].get((namespace, name)) if self.indices else None
+        return list(store or [])
+
+    def apiservice_names(self) -> Iterable[str]:
+        return list(self.indices.get("apiservice_by_name", {}).keys())
+
+    def blocked_namespaces(self, group_version: str) -> list[str]:
+        store = self.indices["blocked_by_group_version"].get(group_version) if self.indices else None
+        return sorted(store or [])
+
+    def apiservices_of(self, namespace: str, name: str) -> list[str]:
+        store = self.indices["apiservices_by_service"].get((namespace, name)) if self.indices else None
+        return list(store or [])
+
+
+def _project_apiservice(body: kopf.Body, settings: Settings) -> Obj:
+    """Keep only what the decision needs: memory stays flat at thousands of APIServices."""
+    # ours, and kube-apiserver's own Available: the user's-path decision quotes it as evidence
+    conditions = [dict(c) for c in (body.get("status") or {}).get("conditions") or []
+                  if c.get("type") in settings.types.all or c.get("type") == "Available"]
+    meta = body.get("metadata") or {}
+    return {
+        "metadata": {"name": meta.get("name"), "uid": meta.get("uid"), "generation": meta.get("generation"),
+                     "resourceVersion": meta.get("resourceVersion")},
+        "spec": dict(body.get("spec") or {}),
+        "status": {"conditions": conditions},
+    }
+
+
+def build_registry(settings: Settings, controller_box: dict[str, Controller], credentials: Credentials,
+                   inputs: IndexInputs, health: HealthState,
+                   watched: resync.Watched | None = None) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    selector = settings.label_selector
+    seen_generation: dict[str, object] = {}
+    watched = watched if watched is not None else resync.Watched()
+
+    def track(kind: resync.Kind, type_: str | None, namespace: str | None, name: str, uid: str | None,
+              note: str | None = None) -> None:
+        if type_ == "DELETED":
+            watched.deleted(kind, namespace, name, uid)
+        else:
+            watched.saw(kind, namespace, name, uid, note)
+
+    def selected(body: kopf.Body, **_: Any) -> bool:
+        return selector.matches((body.get("metadata") or {}).get("labels"))
+
+    @kopf.on.login(registry=registry)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        configuration = await credentials.login()
+        return kopf.ConnectionInfo(
+            server=str(configuration.host),
+            ca_path=configuration.ssl_ca_cert or None,
+            insecure=not configuration.verify_ssl,
+            certificate_path=configuration.cert_file or None,
+            private_key_path=configuration.key_file or None,
+            scheme="Bearer" if credentials.token else None,
+            token=credentials.token,
+        )
+
+    # Index handlers are async: kopf runs sync handlers in a thread pool, a thread hop per watch
+    # event (11% of the CPU at N=1000 went to the pool's workers)
+    @kopf.index(*APISERVICES, id="apiservice_by_name", registry=registry, when=selected)
+    async def apiservice_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, Obj]:
+        return {name: _project_apiservice(body, settings)}
+
+    @kopf.index(*APISERVICES, id="apiservices_by_service", registry=registry, when=selected)
+    async def apiservices_by_service(name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str] | None:
+        ref = spec.get("service")
+        return {(ref.get("namespace") or "", ref.get("name") or ""): name} if ref else None
+
+    @kopf.index(*SERVICES, id="service_by_name", registry=registry)
+    async def service_by_name(namespace: str | None, name: str, spec: kopf.Spec,
+                              **_: Any) -> dict[tuple[str, str], Obj]:
+        return {(namespace or "", name): {"spec": {
+            "type": spec.get("type"), "externalName": spec.get("externalName"),
+            "ports": [dict(p) for p in spec.get("ports") or []]}}}
+
+    @kopf.index(*ENDPOINTSLICES, id="slices_by_service", registry=registry)
+    async def slices_by_service(namespace: str | None, name: str, body: kopf.Body, labels: kopf.Labels,
+                          **_: Any) -> dict[tuple[str, str], Obj] | None:
+        service = labels.get(SERVICE_NAME_LABEL)
+        if not service:
+            return None
+        return {(namespace or "", service): {
+            "metadata": {"name": name},
+            "ports": [dict(p) for p in body.get("ports") or []],
+            "endpoints": [{"addresses": list(e.get("addresses") or []),
+                           "conditions": dict(e.get("conditions") or {})}
+                          for e in body.get("endpoints") or []],
+        }}
+
+    def waiting(body: kopf.Body, **_: Any) -> bool:
+        return bool(blocking_group_versions(body))
+
+    # Only Terminating namespaces whose deletion waits on discovery are kept (blast.py). A filter,
+    # not a None result: kopf keeps an object's old index entries when its handler returns None,
+    # and drops them only when the object stops matching the filter.
+    @kopf.index(*NAMESPACES, id="blocked_by_group_version", registry=registry, when=waiting)
+    async def blocked_by_group_version(name: str, body: kopf.Body, **_: Any) -> dict[str, str]:
+        return {gv: name for gv in blocking_group_versions(body)}
+
+    waiting_on: dict[str, tuple[str, ...]] = {}  # namespace -> the group/versions it waited on
+
+    @kopf.on.event(*NAMESPACES, registry=registry)
+    async def namespace_event(type: str | None, name: str, body: kopf.Body,  # noqa: A002
+                              **_: Any) -> None:
+        now = () if type == "DELETED" else blocking_group_versions(body)
+        before = waiting_on.pop(name, ())
+        if now:
+            waiting_on[name] = now
+        controller = controller_box.get("controller")
+        if controller is not None and (now or before):
+            # an unavailable API's message names the namespaces it blocks: re-decide those it gained or lost
+            controller.changed_now(apiservice_name(gv) for gv in set(now) | set(before))
+
+    # Handlers that touch the queue are async: kopf runs sync handlers in a thread pool,
+    # away from the event loop that owns the queue.
+    @kopf.on.event(*APISERVICES, registry=registry)
+    async def apiservice_event(type: str | None,  # noqa: A002 - kopf's keyword
+                          name: str, uid: str | None, body: kopf.Body, **_: Any) -> None:
+        track(resync.APISERVICES, type, None, name, uid)
+        # kopf holds non-index handlers back until every index has been filled from its initial
+        # listing, so the first event means the caches are synced
+        health.synced = True
+        controller = controller_box.get("controller")
+        if controller is None:
+            return
+        if type == "DELETED" or not selector.matches((body.get("metadata") or {}).get("labels")):
+            seen_generation.pop(name, None)
+            controller.forget(name)
+            return
+        # Our own status writes come back as events too: re-check only when the spec moved,
+        # or the operator would loop on itself.
+        key = (uid, (body.get("metadata") or {}).get("generation"), repr(body.get("spec")))
+        if seen_generation.get(name) != key:
+            seen_generation[name] = key
+            controller.changed_now([name])
+
+    @kopf.on.event(*SERVICES, registry=registry)
+    async def service_event(type: str | None, namespace: str | None, name: str,  # noqa: A002
+                            uid: str | None, **_: Any) -> None:
+        track(resync.SERVICES, type, namespace, name, uid)
+        controller = controller_box.get("controller")
+        if controller is not None:
+            controller.changed_now(inputs.apiservices_of(namespace or "", name))
+
+    @kopf.on.event(*ENDPOINTSLICES, registry=registry)
+    async def slice_event(type: str | None, namespace: str | None, name: str,  # noqa: A002
+                          uid: str | None, labels: kopf.Labels, **_: Any) -> None:
+        controller = controller_box.get("controller")
+        service = labels.get(SERVICE_NAME_LABEL)
+        track(resync.ENDPOINTSLICES, type, namespace, name, uid, service)
+        if controller is not None and service:
+            controller.changed_now(inputs.apiservices_of(namespace or "", service))
+
+    return registry
+
+
+def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
+    s = kopf.OperatorSettings()
+    s.peering.standalone = True
+    s.scanning.disabled = True
+    s.posting.enabled = False  # kopf files events of cluster-scoped objects where nobody sees them
+    s.networking.request_timeout = 30
+    s.networking.connect_timeout = 10
+    s.watching.server_timeout = 300
+    s.watching.client_timeout = 330
+    s.watching.connect_timeout = 10
+    s.batching.error_delays = [1, 2, 5, 10]
+    # kopf holds each object's events this long to squash a burst (0.1 s by default); our handlers
+    # only queue a name, and our own debounce coalesces: a removed endpoint should show at once
+    s.batching.batch_window = 0.01
+    return s
+
+
+def forget_ghost(kind: resync.Kind, key: resync.Key, watched: resync.Watched, indexers: OperatorIndexers,
+                 inputs: IndexInputs, controller: Controller) -> None:
+    """What a DELETED event would have done, had the watch been there to see it."""
+    namespace, name, uid = key
+    service = watched.objects[kind.name].get(key)
+    log.warning("forgetting %s %s: deleted while our watch was down (kopf's re-list keeps it)",
+                kind.name, f"{namespace}/{name}" if namespace else name)
+    # kopf's index key is (namespace, name, uid), read with .get(): None stands for cluster-scoped
+    body: Any = {"metadata": {"namespace": namespace, "name": name, "uid": uid}}
+    indexers.discard(body)
+    watched.deleted(kind, namespace, name, uid)
+    if kind is resync.APISERVICES:
+        controller.forget(name)
+    elif kind is resync.SERVICES:
+        controller.changed_now(inputs.apiservices_of(namespace or "", name))
+    elif service:
+        controller.changed_now(inputs.apiservices_of(namespace or "", service))
+
+
+
+
+INDEXES = ("apiservice_by_name", "apiservices_by_service", "service_by_name", "slices_by_service",
+           "blocked_by_group_version")
+
+
+class Watches:
+    """kopf's watches and indexes, as one thing the supervisor starts and stops."""
+
+    def __init__(self, settings: Settings, controller_box: dict[str, Controller], credentials: Credentials,
+                 inputs: IndexInputs, health: HealthState, watched: resync.Watched,
+                 on_start: Callable[[], None]) -> None:
+        self.settings = settings
+        self.inputs = inputs
+        self.watched = watched
+        self.indexers = OperatorIndexers()
+        self.registry = build_registry(settings, controller_box, credentials, inputs, health, watched)
+
+        @kopf.on.startup(registry=self.registry)
+        async def capture_indices(**kwargs: Any) -> None:
+            # kopf pre-creates the (empty) indexes before start-up handlers: keep live references
+            for key in INDEXES:
+                inputs.indices[key] = kwargs[key]
+            on_start()
+
+    async def run(self, ready: asyncio.Event, stop: asyncio.Event, holder: str) -> None:
+        await kopf.operator(
+            registry=self.registry, indexers=self.indexers, settings=kopf_settings(self.settings), standalone=True,
+            clusterwide=True, ready_flag=ready, stop_flag=stop,
+            # kopf would otherwise ask the passwd database (getpass.getuser), which has no entry
+            # for the image's numeric non-root user
+            identity=KopfIdentity(holder),
+        )
+
+    def forget_ghost(self, kind: resync.Kind, key: resync.Key, controller: Controller) -> None:
+        forget_ghost(kind, key, self.watched, self.indexers, self.inputs, controller)
