@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import socket
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 
 from tests.cluster import pki
 from tests.cluster.controlplane import ControlPlane, ensure_binaries
+from tests.cluster.fixtures import admin_client, aggregated_apis, new_namespace
 from tests.cluster.harness import AggregatedAPI
 from tests.cluster.kube import Kube
 from tests.cluster.operator import OperatorProcess, install_manifests, service_account_kubeconfig
@@ -60,21 +59,12 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
 
 @pytest.fixture(scope="session")
 def kube(control_plane: ControlPlane) -> Iterator[Kube]:
-    client = Kube(control_plane.server, control_plane.ssl_context())
-    yield client
-    client.close()
-
-
-_ns_counter = itertools.count(1)
+    yield from admin_client(control_plane.server, control_plane.ssl_context())
 
 
 @pytest.fixture
 def namespace(kube: Kube) -> str:
-    # No controller-manager: namespaces never finish terminating, so each test gets a new one
-    # and never waits on deletion.
-    name = f"t{next(_ns_counter)}-{uuid.uuid4().hex[:6]}"
-    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    return name
+    return new_namespace(kube, "t")
 
 
 @pytest.fixture(scope="session")
@@ -87,19 +77,7 @@ def aggregated_api(
     kube: Kube, namespace: str, test_ca: pki.KeyPair, tmp_path: Path
 ) -> Iterator[Callable[..., AggregatedAPI]]:
     """Factory: aggregated_api(servers=1) -> an unregistered AggregatedAPI with running servers."""
-    made: list[AggregatedAPI] = []
-
-    def make(servers: int = 1, *, service: str = "api", serving_ca: pki.KeyPair | None = None) -> AggregatedAPI:
-        group = f"{namespace}-{len(made)}.test.example.com"
-        api = AggregatedAPI(kube, namespace, service, group, "v1", tmp_path, test_ca)
-        made.append(api)
-        if servers:
-            api.start_servers(servers, serving_ca=serving_ca)
-        return api
-
-    yield make
-    for api in made:
-        api.remove()
+    yield from aggregated_apis(kube, namespace, test_ca, tmp_path)
 
 
 @pytest.fixture(scope="session")

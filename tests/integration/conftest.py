@@ -5,10 +5,8 @@ session plane of tests/conftest.py, which the other tests share."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 
 from tests.cluster import pki
 from tests.cluster.controlplane import ensure_binaries
+from tests.cluster.fixtures import admin_client, aggregated_apis, new_namespace
 from tests.cluster.harness import AggregatedAPI
 from tests.cluster.kube import Kube
 from tests.cluster.multiplane import MultiControlPlane, unavailable_reason
@@ -52,21 +51,12 @@ def two_apiservers(request: pytest.FixtureRequest) -> Iterator[MultiControlPlane
 @pytest.fixture(scope="module")
 def two_apiservers_kube(two_apiservers: MultiControlPlane) -> Iterator[Kube]:
     """The admin's client, through instance 0."""
-    client = Kube(two_apiservers.server, two_apiservers.ssl_context())
-    yield client
-    client.close()
-
-
-_ns_counter = itertools.count(1)
+    yield from admin_client(two_apiservers.server, two_apiservers.ssl_context())
 
 
 @pytest.fixture
 def two_apiservers_namespace(two_apiservers_kube: Kube) -> str:
-    # No controller-manager here either: a new namespace per test, never waited on when deleted.
-    name = f"m{next(_ns_counter)}-{uuid.uuid4().hex[:6]}"
-    two_apiservers_kube.create("/api/v1/namespaces",
-                               {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    return name
+    return new_namespace(two_apiservers_kube, "m")
 
 
 @pytest.fixture
@@ -74,19 +64,7 @@ def two_apiservers_aggregated_api(
     two_apiservers_kube: Kube, two_apiservers_namespace: str, test_ca: pki.KeyPair, tmp_path: Path
 ) -> Iterator[Callable[..., AggregatedAPI]]:
     """Like tests/conftest.py's aggregated_api, in the two-instance plane."""
-    made: list[AggregatedAPI] = []
-
-    def make(servers: int = 1, *, service: str = "api", serving_ca: pki.KeyPair | None = None) -> AggregatedAPI:
-        group = f"{two_apiservers_namespace}-{len(made)}.test.example.com"
-        api = AggregatedAPI(two_apiservers_kube, two_apiservers_namespace, service, group, "v1", tmp_path, test_ca)
-        made.append(api)
-        if servers:
-            api.start_servers(servers, serving_ca=serving_ca)
-        return api
-
-    yield make
-    for api in made:
-        api.remove()
+    yield from aggregated_apis(two_apiservers_kube, two_apiservers_namespace, test_ca, tmp_path)
 
 
 # k8s.io/sample-apiserver, one for the session: its APIService name is fixed, so only one can exist

@@ -33,6 +33,23 @@ NOT_ROUTED_BODY = "404 page not found"
 MEMORY_SECONDS = 120.0
 
 
+class PathProbeMode(enum.StrEnum):
+    """--path-probe: how the path through kube-apiserver is asked (the one list of modes)."""
+
+    AUTO = "auto"  # INSTANCES inside the cluster, KUBECONFIG outside it
+    INSTANCES = "instances"  # each kube-apiserver instance by address (default/kubernetes)
+    KUBECONFIG = "kubeconfig"  # the server the operator's own kubeconfig names
+    OFF = "off"  # no path probe: the endpoints alone decide
+
+    def effective(self, in_cluster: bool) -> PathProbeMode:
+        """`auto`: each instance by address in the cluster; from outside (a kubeconfig, as `make demo`
+        runs it) the addresses in default/kubernetes are often not routable from here, so the
+        kubeconfig's server is asked instead, and the messages say so."""
+        if self is PathProbeMode.AUTO:
+            return PathProbeMode.INSTANCES if in_cluster else PathProbeMode.KUBECONFIG
+        return self
+
+
 class PathOutcome(enum.StrEnum):
     PASSED = "passed"
     GATED = "gated"  # 503 "service unavailable": kube-apiserver's own condition says unavailable

@@ -9,10 +9,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from apiservice_operator.core.model import DEFAULT_CONDITION_PREFIX, DEFAULT_PROBE_TIMEOUT, ConditionTypes
+from apiservice_operator.core.path import PathProbeMode
 from apiservice_operator.core.selector import LabelSelector
 
 ENV_PREFIX = "APISERVICE_OPERATOR_"
-PATH_PROBE_MODES = ("auto", "instances", "kubeconfig", "off")
+PATH_PROBE_MODES = tuple(str(m) for m in PathProbeMode)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,12 @@ from urllib.parse import urlsplit
 
 from apiservice_operator.core.model import ErrorKind, Obj, ProbePlan, ProbeResult, Status, Target
 from apiservice_operator.core.path import (
+    KUBERNETES_SERVER_NAME,
     KUBERNETES_SERVICE,
     Memory,
     PathEvidence,
     PathOutcome,
+    PathProbeMode,
     PathResult,
     classify,
     path_plan,
@@ -26,8 +28,6 @@ from apiservice_operator.core.path import (
 )
 
 log = logging.getLogger(__name__)
-
-MODES = ("auto", "instances", "kubeconfig", "off")
 
 
 class SlicesSource(Protocol):
@@ -51,13 +51,9 @@ class ClusterAccess:
     in_cluster: bool
 
 
-def effective_mode(mode: str, access: ClusterAccess) -> str:
-    """`auto`: each instance by address in the cluster; from outside (a kubeconfig, as `make demo`
-    runs it) the addresses in default/kubernetes are often not routable from here, so the
-    kubeconfig's server is asked instead, and the messages say so."""
-    if mode == "auto":
-        return "instances" if access.in_cluster else "kubeconfig"
-    return mode
+def effective_mode(mode: str, access: ClusterAccess) -> PathProbeMode:
+    """The mode --path-probe names, `auto` resolved for where the operator runs (PathProbeMode)."""
+    return PathProbeMode(mode).effective(access.in_cluster)
 
 
 @dataclass
@@ -72,7 +68,7 @@ ProbeFn = Callable[[ProbePlan], Awaitable[list[ProbeResult]]]
 
 @dataclass
 class PathChecker:
-    mode: str  # instances | kubeconfig (see effective_mode)
+    mode: str  # PathProbeMode.INSTANCES or KUBECONFIG (see effective_mode)
     access: ClusterAccess
     slices: SlicesSource
     probe: ProbeFn
@@ -88,12 +84,12 @@ class PathChecker:
 
     def targets(self) -> tuple[tuple[Target, ...], str, str]:
         """(instances, the server name their certificate must carry, how they were found)."""
-        if self.mode == "kubeconfig":
+        if self.mode == PathProbeMode.KUBECONFIG:
             parts = urlsplit(self.access.server)
             host = parts.hostname or ""
             return (Target(host, parts.port or 443),), host, f"the kubeconfig's server {self.access.server}"
         instances = resolve_instances(self.slices.slices(*KUBERNETES_SERVICE), self.pick)
-        return instances, "kubernetes.default.svc", "instances"
+        return instances, KUBERNETES_SERVER_NAME, str(PathProbeMode.INSTANCES)
 
     def forget(self, name: str) -> None:
         self._memory.pop(name, None)

@@ -19,6 +19,7 @@ from apiservice_operator.check.controller import Controller, utc_now
 from apiservice_operator.check.metrics import Metrics
 from apiservice_operator.check.pipeline import Pipeline
 from apiservice_operator.core.model import Condition
+from apiservice_operator.core.path import PathProbeMode
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.kube import resync
 from apiservice_operator.kube.client import Credentials, write_conditions
@@ -56,9 +57,10 @@ def path_checker(settings: Settings, credentials: Credentials, inputs: IndexInpu
             ca = f.read()
     access = ClusterAccess(server=str(configuration.host), ca=ca, in_cluster=settings.kubeconfig is None)
     mode = effective_mode(settings.path_probe, access)
-    if mode == "off":
+    if mode is PathProbeMode.OFF:
         return None
-    log.info("path probe: through %s", "each kube-apiserver instance" if mode == "instances" else access.server)
+    through = "each kube-apiserver instance" if mode is PathProbeMode.INSTANCES else access.server
+    log.info("path probe: through %s", through)
     return PathChecker(mode=mode, access=access, slices=inputs, probe=prober.probe_every, identity=identity,
                        clock=time.monotonic, pick=settings.picked_instances)
 

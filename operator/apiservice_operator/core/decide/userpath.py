@@ -17,7 +17,7 @@ from apiservice_operator.core.model import (
     Status,
     Verdict,
 )
-from apiservice_operator.core.path import PathEvidence, PathOutcome, PathResult
+from apiservice_operator.core.path import PathEvidence, PathOutcome, PathProbeMode, PathResult
 
 
 def list_path(results: Sequence[PathResult]) -> str:
@@ -25,7 +25,7 @@ def list_path(results: Sequence[PathResult]) -> str:
 
 
 def _via(path: PathEvidence) -> str:
-    return "kube-apiserver instances" if path.via == "instances" else f"kube-apiserver ({path.via})"
+    return "kube-apiserver instances" if path.via == PathProbeMode.INSTANCES else f"kube-apiserver ({path.via})"
 
 
 # kube-aggregator's own check message, when it is all that is left to go by (every request gated)
