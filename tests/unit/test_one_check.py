@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -22,28 +21,7 @@ from apiservice_operator.serve.explain import explain
 from tests import builders
 from tests.unit import test_decision_table as table
 from tests.unit import test_userpath as userpath
-
-
-@dataclass
-class World:
-    apiservices: dict[str, Obj] = field(default_factory=dict)
-    services: dict[tuple[str, str], Obj] = field(default_factory=dict)
-    slices_: dict[tuple[str, str], list[Obj]] = field(default_factory=dict)
-
-    def apiservice(self, name: str) -> Obj | None:
-        return self.apiservices.get(name)
-
-    def service(self, namespace: str, name: str) -> Obj | None:
-        return self.services.get((namespace, name))
-
-    def slices(self, namespace: str, name: str) -> list[Obj]:
-        return self.slices_.get((namespace, name), [])
-
-    def apiservice_names(self) -> Iterable[str]:
-        return list(self.apiservices)
-
-    def blocked_namespaces(self, group_version: str) -> list[str]:
-        return []
+from tests.unit.test_controller import World
 
 
 class Identity:
