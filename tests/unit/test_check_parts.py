@@ -1,0 +1,187 @@
+"""The controller's named parts, each on its own: the retry policy, the endpoints APIServices share,
+a server's pace, the periodic cadence, our last writes and the sweep. Plain data, no loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from apiservice_operator.check.cadence import Cadence
+from apiservice_operator.check.memory import Sweep, Written
+from apiservice_operator.check.pacing import Pacing
+from apiservice_operator.check.sharing import EndpointSharing
+from apiservice_operator.core.model import Condition, ErrorKind, ProbeResult, Status, Target
+from apiservice_operator.core.retry import MAX_HINT, RetryPolicy
+from apiservice_operator.core.settings import Settings
+
+A, B = Target("10.0.0.1", 8443), Target("10.0.0.2", 8443)
+
+
+def ok(target: Target, latency: float = 0.01) -> ProbeResult:
+    return ProbeResult(target, True, latency)
+
+
+def failed(target: Target, error: ErrorKind) -> ProbeResult:
+    return ProbeResult(target, False, 5.0, error, str(error))
+
+
+# --- the retry policy ---------------------------------------------------------------------------
+def no_jitter() -> RetryPolicy:
+    return RetryPolicy(rand=lambda: 0.0)
+
+
+def test_a_key_that_never_failed_has_no_retry_delay() -> None:
+    assert no_jitter().delay("x", cap=20) is None
+
+
+def test_retries_double_from_the_base_up_to_the_cap() -> None:
+    policy = no_jitter()
+    delays = []
+    for _ in range(7):
+        policy.failed("x")
+        delays.append(policy.delay("x", cap=20))
+    assert delays == [1, 2, 4, 8, 16, 20, 20]
+
+
+def test_jitter_only_shortens_and_by_at_most_its_fraction() -> None:
+    policy = RetryPolicy(rand=lambda: 1.0)
+    policy.failed("x")
+    policy.failed("x")
+    assert policy.delay("x", cap=20) == pytest.approx(2 * 0.9)
+
+
+def test_success_resets_and_each_key_counts_alone() -> None:
+    policy = no_jitter()
+    policy.failed("x")
+    policy.failed("x")
+    policy.failed("y")
+    policy.succeeded("x")
+    assert policy.delay("x", cap=20) is None and policy.delay("y", cap=20) == 1
+
+
+def test_a_retry_after_hint_is_a_floor_even_above_the_cap_but_bounded() -> None:
+    policy = no_jitter()
+    policy.failed("x", hint=30)
+    assert policy.delay("x", cap=20) == 30
+    policy.failed("x")  # a failure without a hint: the old hint no longer holds
+    assert policy.delay("x", cap=20) == 2
+    policy.failed("x", hint=10 ** 6)
+    assert policy.delay("x", cap=20) == MAX_HINT
+
+
+def test_a_kick_starts_the_backoff_over_and_drops_the_hint() -> None:
+    policy = no_jitter()
+    for _ in range(5):
+        policy.failed("x", hint=60)
+    policy.kick("x")
+    assert policy.delay("x", cap=20) == 1
+    policy.kick("never-failed")
+    assert policy.delay("never-failed", cap=20) is None
+
+
+def test_many_failures_do_not_overflow() -> None:
+    policy = no_jitter()
+    for _ in range(5000):
+        policy.failed("x")
+    assert policy.delay("x", cap=20) == 20
+
+
+# --- the endpoints APIServices share ------------------------------------------------------------
+def test_an_endpoint_that_stops_answering_is_news_for_every_other_apiservice_behind_it() -> None:
+    sharing = EndpointSharing()
+    assert sharing.record("a", [ok(A)]) == set()
+    assert sharing.record("b", [ok(A)]) == set()
+    assert sharing.record("c", [ok(B)]) == set()
+    assert sharing.record("a", [failed(A, ErrorKind.TIMEOUT)]) == {"b"}
+    assert sharing.record("b", [failed(A, ErrorKind.REFUSED)]) == set()  # still down: no news
+    assert sharing.record("b", [ok(A)]) == {"a"}  # answers again
+
+
+def test_a_tls_or_http_failure_is_not_news_for_the_others() -> None:
+    sharing = EndpointSharing()
+    sharing.record("a", [ok(A)])
+    sharing.record("b", [ok(A)])
+    assert sharing.record("a", [failed(A, ErrorKind.TLS)]) == set()
+    assert sharing.record("a", [failed(A, ErrorKind.HTTP_STATUS)]) == set()
+
+
+def test_a_forgotten_apiservice_is_no_longer_behind_its_endpoints() -> None:
+    sharing = EndpointSharing()
+    sharing.record("a", [ok(A)])
+    sharing.record("b", [ok(A)])
+    sharing.forget("b")
+    assert sharing.users(A) == {"a"}
+    sharing.forget("a")
+    assert sharing.users(A) == set()
+    assert sharing.record("c", [failed(A, ErrorKind.TIMEOUT)]) == set()  # nothing known of A any more
+
+
+# --- a server's pace ----------------------------------------------------------------------------
+def test_one_slow_answer_is_paced_by_the_previous_and_a_second_shows() -> None:
+    pacing = Pacing()
+    assert pacing.paced("a", [ok(A, 0.1)])[0].latency == 0.1
+    assert pacing.paced("a", [ok(A, 4.0)])[0].latency == 0.1
+    assert pacing.paced("a", [ok(A, 4.0)])[0].latency == 4.0
+    assert pacing.paced("b", [ok(A, 4.0)])[0].latency == 4.0  # each APIService its own memory
+
+
+def test_failures_are_not_paced_and_break_the_run() -> None:
+    pacing = Pacing()
+    pacing.paced("a", [ok(A, 0.1)])
+    assert pacing.paced("a", [failed(A, ErrorKind.TIMEOUT)])[0].latency == 5.0
+    assert pacing.paced("a", [ok(A, 3.0)])[0].latency == 3.0
+
+
+# --- the periodic cadence -----------------------------------------------------------------------
+def test_the_interval_follows_the_number_probed_within_the_rate() -> None:
+    cadence = Cadence(Settings(probe_interval=20, min_probe_interval=4, max_probe_rate=50))
+    assert cadence.interval() == 4
+    for i in range(500):
+        cadence.probed(f"a{i}", True)
+    assert cadence.interval() == 10
+    for i in range(500):
+        cadence.probed(f"a{i}", False)
+    assert cadence.interval() == 4
+
+
+def test_the_first_periodic_check_comes_at_a_random_phase_then_every_interval_less_jitter() -> None:
+    cadence = Cadence(Settings(), rand=lambda: 0.25)
+    assert cadence.next_delay("a", 20) == 5
+    assert cadence.next_delay("a", 20) == pytest.approx(19.5)
+    cadence.forget("a")
+    assert cadence.next_delay("a", 20) == 5
+
+
+# --- our last writes and the sweep --------------------------------------------------------------
+def conditions(reason: str) -> list[Condition]:
+    return [Condition("apiservice-operator.io/Available", Status.TRUE, reason, "m", "t")]
+
+
+def obj(rv: str) -> dict[str, object]:
+    return {"metadata": {"resourceVersion": rv}}
+
+
+def test_what_we_wrote_counts_until_the_watch_brings_a_newer_object() -> None:
+    written = Written()
+    written.remember("a", conditions("Passed"), obj("7"))
+    assert written.previous("a", obj("7")) == conditions("Passed")
+    assert written.previous("a", obj("8")) is None
+    assert written.previous("b", obj("7")) is None
+    written.forget("a")
+    assert written.previous("a", obj("7")) is None
+
+
+def test_a_sweep_ends_when_every_apiservice_was_checked_once() -> None:
+    sweep = Sweep()
+    listed = 0
+
+    def names() -> list[str]:
+        nonlocal listed
+        listed += 1
+        return ["a", "b"]
+
+    first = sweep.done("a", 0.0, names)
+    assert first is not None and first.took is None and first.next_size == 2
+    assert sweep.done("a", 1.0, names) is None
+    ended = sweep.done("b", 3.5, names)
+    assert ended is not None and ended.took == 3.5
+    assert listed == 2  # the APIServices are listed only when a sweep ends, not per check
