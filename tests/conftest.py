@@ -12,7 +12,7 @@ import pytest
 
 from tests.cluster import pki
 from tests.cluster.controlplane import ControlPlane, ensure_binaries
-from tests.cluster.fixtures import admin_client, aggregated_apis, new_namespace
+from tests.cluster.fixtures import admin_client, aggregated_apis, new_namespace, running
 from tests.cluster.harness import AggregatedAPI
 from tests.cluster.kube import Kube
 from tests.cluster.operator import OperatorProcess, install_manifests, service_account_kubeconfig
@@ -45,16 +45,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     workdir = Path(tempfile.mkdtemp(prefix="apiservice-operator-cp-"))
     cp = ControlPlane(workdir=workdir, bin_dir=ensure_binaries())
-    cp.start()
-    failed_before = request.session.testsfailed
-    try:
+    with running(cp, request, "control plane"):
         yield cp
-    finally:
-        if request.session.testsfailed > failed_before:
-            print(f"\n===== control plane logs (tests failed) =====\n{cp.logs(200)}")
-        cp.stop()
-        if not request.session.testsfailed:
-            cp.cleanup_workdir()
 
 
 @pytest.fixture(scope="session")

@@ -4,17 +4,45 @@ test servers made on demand."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import ssl
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
+
+import pytest
 
 from tests.cluster import pki
 from tests.cluster.harness import AggregatedAPI
 from tests.cluster.kube import Kube
 
 _ns_counter = itertools.count(1)
+
+
+class Plane(Protocol):
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+    def logs(self, lines: int) -> str: ...
+    def cleanup_workdir(self) -> None: ...
+
+
+@contextlib.contextmanager
+def running(plane: Plane, request: pytest.FixtureRequest, label: str) -> Iterator[None]:
+    """Starts the plane, stops it after; its logs are printed and its folder kept for a look when a
+    test failed meanwhile."""
+    plane.start()
+    failed_before = request.session.testsfailed
+    try:
+        yield
+    finally:
+        failed = request.session.testsfailed > failed_before
+        if failed:
+            print(f"\n===== {label} logs (tests failed) =====\n{plane.logs(200)}")
+        plane.stop()
+        if not failed:
+            plane.cleanup_workdir()
 
 
 def admin_client(server: str, context: ssl.SSLContext) -> Iterator[Kube]:

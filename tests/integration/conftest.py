@@ -14,7 +14,7 @@ import pytest
 
 from tests.cluster import pki
 from tests.cluster.controlplane import ensure_binaries
-from tests.cluster.fixtures import admin_client, aggregated_apis, new_namespace
+from tests.cluster.fixtures import admin_client, aggregated_apis, new_namespace, running
 from tests.cluster.harness import AggregatedAPI
 from tests.cluster.kube import Kube
 from tests.cluster.multiplane import MultiControlPlane, unavailable_reason
@@ -34,18 +34,9 @@ def two_apiservers(request: pytest.FixtureRequest) -> Iterator[MultiControlPlane
         pytest.skip(reason)
     plane = MultiControlPlane(workdir=Path(tempfile.mkdtemp(prefix="apiservice-operator-multi-")),
                               bin_dir=ensure_binaries())
-    plane.start()
-    failed_before = request.session.testsfailed
-    try:
+    with running(plane, request, "two-instance control plane"):
         install_manifests(plane)
         yield plane
-    finally:
-        failed = request.session.testsfailed > failed_before
-        if failed:
-            print(f"\n===== two-instance control plane logs (tests failed) =====\n{plane.logs(200)}")
-        plane.stop()
-        if not failed:
-            plane.cleanup_workdir()
 
 
 @pytest.fixture(scope="module")
