@@ -4,7 +4,7 @@ writes what it returns; explain runs the same steps traced and renders them. A n
 here, once, so that the verdict and its explanation cannot drift apart.
 
 The two runs differ only where they must:
-- live (the controller): the endpoints' silence is judged (probing/silence), the path is asked once
+- live (the controller): the endpoints' silence is judged (core/silence), the path is asked once
   per interval unless the endpoints' answers changed, gated answers are replaced by what each
   instance last said itself (PathChecker.settle), latency is paced (Pacing), and the previous
   conditions are what we last wrote;
@@ -112,7 +112,7 @@ class Pipeline:
     probe: ProbeFn  # the endpoints, silence judged (the prober's probe_discovery)
     path: PathChecker | None = None  # None: the path probe is off, the endpoints alone decide
     now: Callable[[], str] = lambda: ""
-    # whether an endpoint has answered nothing for a whole budget (probing/silence)
+    # whether an endpoint has answered nothing for a whole budget (core/silence)
     silent: Callable[[Target], bool] | None = None
     probe_every: ProbeFn | None = None  # traced: every request sent, each its own answer (default: probe)
     inspect: Inspect | None = None  # traced: each endpoint's TLS handshake, looked at unverified
