@@ -35,7 +35,9 @@ class SlicesSource(Protocol):
     def slices(self, namespace: str, name: str) -> list[Obj]: ...
 
 
-class Identity(Protocol):
+class ProbeAccount(Protocol):
+    """The probe identity as the path checker needs it (kube/identity.ProbeIdentity in production)."""
+
     name: str
     namespace: str
 
@@ -73,7 +75,7 @@ class PathChecker:
     access: ClusterAccess
     slices: SlicesSource
     probe: ProbeFn
-    identity: Identity | None
+    identity: ProbeAccount | None
     clock: Callable[[], float]
     pick: Sequence[str] = ()
     live_within: float = 2.5  # seconds: a live kube-apiserver answers /livez in milliseconds
