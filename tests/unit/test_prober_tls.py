@@ -178,9 +178,12 @@ async def test_waiters_on_a_silent_lane_are_judged_once_they_get_a_slot(server: 
     finally:
         await prober.aclose()
     details = [r.detail for [r] in results]
-    assert sum("no complete answer within 1s" in d for d in details) == LANE_SLOTS
-    assert sum("has answered no request" in d for d in details) == 40 - LANE_SLOTS
-    assert opened == LANE_SLOTS
+    sent = sum("no complete answer within 1s" in d for d in details)
+    # LANE_SLOTS sent and timed out; when all of them end in one turn of the loop (a loaded machine),
+    # no probe is open for a waiter to be judged by, so one waiter goes as the scout (silence.py)
+    assert sent in (LANE_SLOTS, LANE_SLOTS + 1), sent
+    assert sum("has answered no request" in d for d in details) == 40 - sent
+    assert opened == sent
 
 
 async def test_a_connection_the_server_closed_is_not_reused(server: Server) -> None:
