@@ -388,3 +388,33 @@ async def test_no_second_budget_through_kube_apiserver_once_the_endpoints_have_j
     assert clock() - started == pytest.approx(5, abs=0.01)  # one budget, not two
     assert len(asked_through) == 1
     assert recorder.last(name)["Available"] == ("False", "FailedDiscoveryCheck")
+
+
+async def test_a_check_that_raises_ends_in_an_unknown_verdict_and_backs_off() -> None:
+    """Every check ends in a verdict: a probe stack that raises (a bug, a hostile answer we did not
+    foresee) replaces the last verdict with Unknown/CheckFailed naming the error, instead of leaving
+    Available=True standing while it retries every second."""
+    world = World()
+    name = world.add("breaks.example.com")
+    state = {"raise": False}
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        if state["raise"]:
+            raise RecursionError("maximum recursion depth exceeded while decoding a JSON array")
+        return healthy(plan)
+
+    recorder = Recorder(world)
+    controller = Controller(Settings(probe_interval=20, min_probe_interval=20), world, probe, recorder.write)
+    await controller.check(name)
+    assert recorder.last(name)["Available"] == ("True", "Passed")
+    state["raise"] = True
+    controller.changed_now([name])
+    task = asyncio.create_task(controller.run())
+    await asyncio.sleep(30)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert recorder.last(name)["Available"] == ("Unknown", "CheckFailed")
+    message = next(c for c in [w[1] for w in recorder.writes if w[0] == name][-1] if c.type.endswith("Available"))
+    assert "RecursionError" in message.message
+    # backed off (1, 2, 4, 8, 16 s ...), not once a second
+    assert controller.stats.checks <= 8, controller.stats.checks

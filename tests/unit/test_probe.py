@@ -362,6 +362,12 @@ async def test_wrong_group_version_is_an_invalid_document(aggserver: AggFactory)
     pytest.param(b"", "body is not JSON", id="empty"),
     pytest.param(b'["APIResourceList"]', "kind is 'list'", id="json-list"),
     pytest.param(b'{"kind": "Status", "groupVersion": "demo.example.com/v1"}', "kind is 'Status'", id="status"),
+    # hostile bodies: json.loads raised RecursionError on these, the check failed and the last
+    # verdict (Available=True included) stood while it retried every second
+    pytest.param(b"[" * 5000, "nests deeper than 100 levels", id="deep-nesting"),
+    pytest.param(b'{"a":' * 3000 + b"1" + b"}" * 3000, "nests deeper than 100 levels", id="deep-objects"),
+    pytest.param(b"[" + b"9" * 100_000 + b"]", "Exceeds the limit (4300 digits)", id="huge-integer"),
+    pytest.param(b'{"kind": "APIResourceList", "groupVersion": "\xff"}', "not UTF-8", id="invalid-utf8"),
 ])
 async def test_not_a_discovery_document_is_invalid(tls_server: TLSFactory, body: bytes, problem: str) -> None:
     server = tls_server(Answer(body=body))
@@ -369,6 +375,13 @@ async def test_not_a_discovery_document_is_invalid(tls_server: TLSFactory, body:
     assert (result.ok, result.error) == (False, ErrorKind.INVALID_DOCUMENT)
     assert result.detail.startswith("InvalidDiscoveryDocument")
     assert problem in result.detail
+
+
+async def test_a_deeply_nested_error_body_is_quoted_not_raised(tls_server: TLSFactory) -> None:
+    server = tls_server(Answer(status=500, body=b"[" * 4096))
+    result = await probe_one(make_plan(server.port))
+    assert (result.ok, result.error, result.status_code) == (False, ErrorKind.HTTP_STATUS, 500)
+    assert result.body.startswith("[[[")
 
 
 async def test_legacy_core_group(aggserver: AggFactory) -> None:

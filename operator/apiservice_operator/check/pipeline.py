@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -33,15 +34,27 @@ from apiservice_operator.core.model import (
     ProbePlan,
     ProbeResult,
     Resolution,
+    Status,
     Target,
+    Verdict,
 )
 from apiservice_operator.core.path import PathEvidence, PathResult
 from apiservice_operator.core.resolve import resolve
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.probing.pathcheck import PathChecker
 
+log = logging.getLogger(__name__)
+CHECK_FAILED = "CheckFailed"
 ProbeFn = Callable[[ProbePlan], Awaitable[list[ProbeResult]]]
 Inspect = Callable[[Target, str, float], Awaitable[Handshake]]
+
+
+def _check_failed(name: str, exc: Exception) -> Resolution:
+    log.warning("check of %s failed: %s: %s", name, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+    return Resolution(verdict=Verdict(
+        Status.UNKNOWN, CHECK_FAILED,
+        f"the check itself failed ({type(exc).__name__}: {str(exc)[:300]}); retried with backoff, and the "
+        "operator's log has the details"))
 
 
 class Inputs(Protocol):
@@ -129,23 +142,37 @@ class Pipeline:
         if gathered is None:
             return None
         apiservice, plan = gathered.apiservice, gathered.resolution.plan
+        resolution = gathered.resolution
         evidence = Evidence()
         if plan is not None:
-            evidence = await (self._traced(plan) if traced else self._live(name, plan, interval))
-            fresher = self.inputs.apiservice(name)  # fresher previous conditions after the wait
-            if fresher is None:
-                return None
-            apiservice = fresher
-            if self.path is not None and evidence.via_path:
-                evidence.path = await self.path.evidence(apiservice, plan, evidence.through)
+            try:
+                evidence = await (self._traced(plan) if traced else self._live(name, plan, interval))
+                fresher = self.inputs.apiservice(name)  # fresher previous conditions after the wait
+                if fresher is None:
+                    return None
+                apiservice = fresher
+                if self.path is not None and evidence.via_path:
+                    evidence.path = await self.path.evidence(apiservice, plan, evidence.through)
+            except Exception as exc:
+                # every check ends in a verdict: one that cannot gather its evidence says so, rather
+                # than leave the last verdict standing while it retries
+                resolution, evidence = _check_failed(name, exc), Evidence()
         previous = our_conditions(apiservice.get("status"), self.settings.types)
         if remembered is not None:
             previous = remembered(name, apiservice) or previous
         blocked = self.inputs.blocked_namespaces(group_version(apiservice))
-        conditions = decide(gathered.resolution, evidence.probes, previous, self.now(), self.settings.types,
-                            self.settings.probe_timeout, evidence.path, self.settings.cert_expiry_warning * 86400,
-                            blocked)
+        try:
+            conditions = self._decide(resolution, evidence, previous, blocked)
+        except Exception as exc:
+            resolution, evidence = _check_failed(name, exc), Evidence()
+            conditions = self._decide(resolution, evidence, previous, blocked)
         return Outcome(name, gathered, apiservice, evidence, previous, conditions, blocked)
+
+    def _decide(self, resolution: Resolution, evidence: Evidence, previous: list[Condition],
+                blocked: list[str]) -> tuple[Condition, Condition]:
+        s = self.settings
+        return decide(resolution, evidence.probes, previous, self.now(), s.types, s.probe_timeout, evidence.path,
+                      s.cert_expiry_warning * 86400, blocked)
 
     def forget(self, name: str) -> None:
         self.pacing.forget(name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import http.cookiejar
-import json
+import logging
 import ssl
 from collections import OrderedDict
 from collections.abc import Callable
@@ -17,12 +17,13 @@ from dataclasses import dataclass
 import httpx
 
 from apiservice_operator import __version__
-from apiservice_operator.core import certs
+from apiservice_operator.core import boundedjson, certs
 from apiservice_operator.core.model import Certificate, ErrorKind, Handshake, ProbePlan, ProbeResult, Target
 from apiservice_operator.core.silence import Silence
 from apiservice_operator.probing import pool
 from apiservice_operator.probing.looplag import LoopLag
 
+log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20
 MAX_EXCERPT_BYTES = 4096  # of a non-2xx body, read only to quote who refused and why
 MAX_EXCERPT_CHARS = 300
@@ -83,9 +84,9 @@ def _classify(exc: BaseException) -> tuple[ErrorKind, str]:
 def validate_document(body: bytes, group_version: str) -> str | None:
     """None when the body is the APIResourceList for group_version; otherwise what is wrong."""
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return "InvalidDiscoveryDocument: body is not JSON"
+        document = boundedjson.loads(body)
+    except boundedjson.DocumentError as exc:
+        return f"InvalidDiscoveryDocument: {exc}"
     if not isinstance(document, dict) or document.get("kind") != "APIResourceList":
         kind = document.get("kind") if isinstance(document, dict) else type(document).__name__
         return f"InvalidDiscoveryDocument: kind is {kind!r}, not 'APIResourceList'"
@@ -109,8 +110,8 @@ def status_message(body: bytes) -> str:
     """A Status object's message, else the text itself; one line, bounded."""
     text = body.decode("utf-8", errors="replace")
     try:
-        document = json.loads(text)
-    except ValueError:
+        document = boundedjson.loads(body)
+    except boundedjson.DocumentError:
         document = None
     if isinstance(document, dict) and isinstance(document.get("message"), str):
         text = document["message"]
@@ -291,6 +292,13 @@ class Prober:
         except (OSError, ssl.SSLError) as exc:
             kind, detail = _classify(exc)
             return result(kind, detail)
+        except Exception as exc:
+            # whatever a hostile or broken server makes our stack raise is its answer, never a check
+            # that fails and leaves the last verdict standing
+            log.warning("probe of %s raised %s: %s", target.endpoint, type(exc).__name__, exc,
+                        exc_info=log.isEnabledFor(logging.DEBUG))
+            return result(ErrorKind.CONNECTION, f"connection: the answer broke the probe ({type(exc).__name__}: "
+                                                f"{str(exc)[:200]})")
 
 
 async def inspect_tls(target: Target, server_name: str, budget: float) -> Handshake:

@@ -60,6 +60,8 @@ def fix_for(available: Condition, degraded: Condition, plan: ProbePlan | None,
                                 "reads it from the extension-apiserver-authentication ConfigMap in kube-system)",
         "ProbeUnauthorized": "let authenticated users get discovery paths again (the system:discovery binding)",
         "AwaitingKubeAPIServer": "nothing yet: kube-apiserver re-checks within seconds; explain again",
+        "CheckFailed": "the operator could not finish its own check: its log names the error (and a bug report "
+                       "with it is welcome); it retries with backoff",
     }
     fix = fixes.get(reason, "")
     if not fix and degraded.status is Status.TRUE:
