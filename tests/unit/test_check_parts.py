@@ -3,13 +3,24 @@ a server's pace, the periodic cadence, our last writes and the sweep. Plain data
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from apiservice_operator.check.cadence import Cadence
 from apiservice_operator.check.memory import Sweep, Written
 from apiservice_operator.check.pacing import Pacing
 from apiservice_operator.check.sharing import EndpointSharing
-from apiservice_operator.core.model import Condition, ErrorKind, ProbeResult, Status, Target
+from apiservice_operator.check.writegate import WriteGate
+from apiservice_operator.core.model import (
+    Condition,
+    ErrorKind,
+    ProbeResult,
+    Status,
+    Target,
+    WriteDeferred,
+    WriteFailed,
+)
 from apiservice_operator.core.retry import MAX_HINT, RetryPolicy
 from apiservice_operator.core.settings import Settings
 
@@ -185,3 +196,44 @@ def test_a_sweep_ends_when_every_apiservice_was_checked_once() -> None:
     ended = sweep.done("b", 3.5, names)
     assert ended is not None and ended.took == 3.5
     assert listed == 2  # the APIServices are listed only when a sweep ends, not per check
+
+
+# --- the pace of status writes ------------------------------------------------------------------
+@pytest.mark.looptime
+async def test_writes_go_at_most_at_the_rate_in_bursts_of_one_second() -> None:
+    gate = WriteGate(rate=10)
+    loop = asyncio.get_running_loop()
+    sent: list[float] = []
+
+    async def write() -> bool:
+        sent.append(loop.time())
+        return True
+
+    start = loop.time()
+    await asyncio.gather(*(gate.send(write) for _ in range(50)))
+    assert loop.time() - start == pytest.approx(4.0, abs=0.2)  # 10 at once, then 10 a second
+    assert len(sent) == 50
+
+
+@pytest.mark.looptime
+async def test_a_refused_write_defers_the_others_until_a_trial_lands() -> None:
+    gate = WriteGate(rate=100, retry=RetryPolicy(rand=lambda: 0.0))
+    refuse = True
+
+    async def write() -> str:
+        if refuse:
+            raise WriteFailed("HTTP 429", retry_after=3.0)
+        return "ok"
+
+    with pytest.raises(WriteFailed):
+        await gate.send(write)
+    with pytest.raises(WriteDeferred) as deferred:
+        await gate.send(write)  # within the backoff: not sent
+    assert deferred.value.retry_after == pytest.approx(3.0)
+    assert gate.sent == 1
+    await asyncio.sleep(3)
+    refuse = False
+    assert await gate.send(write) == "ok"  # the trial lands: open again
+    assert not gate.throttled
+    assert await gate.send(write) == "ok"
+    assert gate.sent == 3

@@ -11,7 +11,7 @@ import pytest
 
 from apiservice_operator.check.controller import Controller
 from apiservice_operator.check.schedule import ProbeQueue
-from apiservice_operator.core.model import Condition, ErrorKind, Obj, ProbePlan, ProbeResult
+from apiservice_operator.core.model import Condition, ErrorKind, Obj, ProbePlan, ProbeResult, WriteFailed
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.probing.pathcheck import ClusterAccess, PathChecker
 from tests import builders
@@ -418,3 +418,36 @@ async def test_a_check_that_raises_ends_in_an_unknown_verdict_and_backs_off() ->
     assert "RecursionError" in message.message
     # backed off (1, 2, 4, 8, 16 s ...), not once a second
     assert controller.stats.checks <= 8, controller.stats.checks
+
+
+async def test_throttled_status_writes_back_off_together_and_all_land_when_it_ends() -> None:
+    """100 APIServices, kube-apiserver answering every status write 429 (Retry-After: 1) for 60 s:
+    at most 5 write requests a second on average meanwhile, probes at their usual pace, and every
+    verdict written within 30 s after (issue: nothing storms)."""
+    world = World()
+    names = [world.add(f"g{i}.example.com") for i in range(100)]
+    recorder = Recorder(world)
+    loop = asyncio.get_running_loop()
+    throttled_until = loop.time() + 60
+    attempts: list[float] = []
+
+    async def write(name: str, conditions: Sequence[Condition]) -> bool:
+        attempts.append(loop.time())
+        if loop.time() < throttled_until:
+            raise WriteFailed("HTTP 429: Too many requests, please try again later.", retry_after=1.0)
+        return await recorder.write(name, conditions)
+
+    controller = Controller(Settings(), world, lambda plan: asyncio.sleep(0, healthy(plan)), write)
+    controller.changed_now(names)
+    task = asyncio.create_task(controller.run())
+    await asyncio.sleep(60)
+    during = len(attempts)
+    probes_during = controller.stats.probes
+    await asyncio.sleep(30)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    print(f"write requests while throttled: {during} in 60 s; probes: {probes_during}")
+    assert during / 60 <= 5, during
+    assert probes_during >= 100 * 60 / 20, probes_during  # periodic probes went on (interval <= 20 s)
+    landed = {n for n, _, t in recorder.writes if t <= throttled_until + 30}
+    assert landed == set(names)

@@ -6,7 +6,7 @@ semaphore of --concurrency; a change to an APIService cancels its check in fligh
 What it keeps between checks is in named parts: the queue (check/schedule), the periodic cadence
 (check/cadence), the retry policy for failed checks and writes (core/retry), the endpoints that
 APIServices share (check/sharing), a server's pace (check/pacing, in the pipeline), our last writes
-and the sweep (check/memory).
+and the sweep (check/memory), and the pace of status writes (check/writegate).
 """
 
 from __future__ import annotations
@@ -24,8 +24,17 @@ from apiservice_operator.check.metrics import Metrics
 from apiservice_operator.check.pipeline import Inputs, Outcome, Pipeline, ProbeFn
 from apiservice_operator.check.schedule import ProbeQueue
 from apiservice_operator.check.sharing import EndpointSharing
+from apiservice_operator.check.writegate import WriteGate
 from apiservice_operator.core.decide import changed
-from apiservice_operator.core.model import WRITES_IN_FLIGHT, Condition, Status, Target, WriteFailed, WriteForbidden
+from apiservice_operator.core.model import (
+    WRITES_IN_FLIGHT,
+    Condition,
+    Status,
+    Target,
+    WriteDeferred,
+    WriteFailed,
+    WriteForbidden,
+)
 from apiservice_operator.core.retry import RetryPolicy
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.core.transitions import EventSpec, event_for_transition
@@ -84,6 +93,7 @@ class Controller:
         self.sharing = EndpointSharing()
         self.written = Written()
         self.sweep = Sweep()
+        self.gate = WriteGate(self.settings.max_write_rate)
 
     # --- triggers -------------------------------------------------------------------------------
     def changed_now(self, names: Iterable[str]) -> None:
@@ -190,7 +200,9 @@ class Controller:
         before = {c.type: c for c in previous}
         async with self._write_slots:
             try:
-                exists = await self.write(name, new)
+                exists = await self.gate.send(lambda: self.write(name, new))
+            except WriteDeferred:
+                raise
             except WriteForbidden as exc:
                 self.problems["write"] = str(exc)
                 log.error("%s", exc)

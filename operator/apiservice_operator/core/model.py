@@ -201,3 +201,8 @@ class WriteFailed(RuntimeError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after  # seconds kube-apiserver asked us to wait (429 / 503 Retry-After)
+
+
+class WriteDeferred(WriteFailed):
+    """Not sent: kube-apiserver is throttling our writes and another write is finding out whether it
+    still does (check/writegate.py). The check ends; its APIService is checked again after the wait."""

@@ -27,6 +27,8 @@ class Settings:
     min_probe_interval: float = 4.0
     max_probe_rate: float = 20.0
     concurrency: int = 256
+    # a start beside 1,000 APIServices writes 1,000 first verdicts; kube-apiserver took ~50 a second (make bench)
+    max_write_rate: float = 100.0
     condition_prefix: str = DEFAULT_CONDITION_PREFIX
     selector: str = ""
     log_format: str = "text"
@@ -58,6 +60,8 @@ class Settings:
             raise ValueError("--max-probe-rate must be positive")
         if self.concurrency < 1:
             raise ValueError("--concurrency must be at least 1")
+        if self.max_write_rate < 1:
+            raise ValueError("--max-write-rate must be at least 1 (status writes per second)")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("--metrics-port must be 0 (off) or a port number")
         if self.resync_interval < 0:
@@ -106,6 +110,8 @@ _FLAGS: Sequence[tuple[str, Any, str]] = (
     ("max-probe-rate", float, "periodic probes per second at most: the interval is the number of probed "
                               "APIServices / this rate, between --min-probe-interval and --probe-interval"),
     ("concurrency", int, "at most this many APIServices probed at once"),
+    ("max-write-rate", float, "status writes per second at most; when kube-apiserver throttles them (429, "
+                              "Retry-After) or fails them, writes back off and go one at a time until one lands"),
     ("condition-prefix", str, "our condition types are <prefix>/Available and <prefix>/Degraded"),
     ("selector", str, "label selector: handle only APIServices matching it (e.g. 'team=platform,tier!=dev')"),
     ("log-format", str, "text or json"),
