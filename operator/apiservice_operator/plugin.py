@@ -25,7 +25,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from apiservice_operator.core.blast import blocked_count
 from apiservice_operator.core.model import DEFAULT_CONDITION_PREFIX, GROUP, PLURAL, VERSION, ConditionTypes
-from apiservice_operator.kube.client import Credentials
+from apiservice_operator.kube.client import API_TIMEOUT, Credentials
 
 COLUMNS = ("NAME", "SERVICE", "KUBE-APISERVER", "PROBED", "REASON", "PATH", "LATENCY", "ENDPOINTS", "AGE")
 _PASSED = re.compile(r"passed (?:through .*? and )?on (\d+)/(\d+) endpoints in (\S+)")
@@ -114,7 +114,8 @@ def render(rows: Sequence[dict[str, str]], *, wide: bool, colour: bool) -> str:
 async def fetch(credentials: Credentials, selector: str) -> list[dict[str, Any]]:
     assert credentials.api is not None
     api = client.CustomObjectsApi(credentials.api)
-    listing = await api.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=selector)
+    listing = await api.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=selector,
+                                                   _request_timeout=API_TIMEOUT)
     return sorted(listing.get("items", []), key=lambda o: o["metadata"]["name"])
 
 

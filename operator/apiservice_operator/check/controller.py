@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ class Controller:
     # failed checks (not Available=True) and failed writes are re-tried sooner than the interval (1 s,
     # 2 s, 4 s ...), so a recovery shows within seconds, as kube-aggregator's rate-limited requeue does
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # seconds this replica may still write (its Lease's renew deadline; unbounded without leader election)
+    license: Callable[[], float] = lambda: math.inf
 
     def __post_init__(self) -> None:
         self.queue = ProbeQueue(lambda: asyncio.get_running_loop().time())
@@ -93,7 +96,7 @@ class Controller:
         self.sharing = EndpointSharing()
         self.written = Written()
         self.sweep = Sweep()
-        self.gate = WriteGate(self.settings.max_write_rate)
+        self.gate = WriteGate(self.settings.max_write_rate, license=lambda: self.license())
 
     # --- triggers -------------------------------------------------------------------------------
     def changed_now(self, names: Iterable[str]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -29,6 +30,7 @@ class WriteGate:
     rate: float  # writes per second at most, in bursts of up to one second's worth
     clock: Callable[[], float] = field(default=lambda: asyncio.get_running_loop().time())
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    license: Callable[[], float] = lambda: math.inf  # seconds this replica may still write (its Lease)
     _tokens: float | None = None
     _filled_at: float = 0.0
     _open_at: float = 0.0  # no write before this (a backoff after a refusal)
@@ -46,6 +48,10 @@ class WriteGate:
         there instead of holding its APIService (its probes keep their pace, the verdict is
         recomputed when the write can go)."""
         await self._take_token()
+        if self.license() <= 0:
+            # the Lease was not renewed within its renew deadline: a standby may lead soon, and a write
+            # from here could land after its first
+            raise WriteDeferred("not writing: this replica's Lease is past its renew deadline")
         if self.throttled:
             wait = self._open_at - self.clock()
             if wait > 0 or self._trial.locked():

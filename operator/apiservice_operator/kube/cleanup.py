@@ -7,7 +7,7 @@ from kubernetes_asyncio import client
 
 from apiservice_operator.core.model import GROUP, PLURAL, VERSION
 from apiservice_operator.core.settings import Settings
-from apiservice_operator.kube.client import Credentials, write_conditions
+from apiservice_operator.kube.client import API_TIMEOUT, Credentials, write_conditions
 
 
 async def cleanup(settings: Settings) -> int:
@@ -15,7 +15,8 @@ async def cleanup(settings: Settings) -> int:
     await credentials.load()
     try:
         assert credentials.api is not None
-        listing = await client.CustomObjectsApi(credentials.api).list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        listing = await client.CustomObjectsApi(credentials.api).list_cluster_custom_object(GROUP, VERSION, PLURAL,
+                                                                                    _request_timeout=API_TIMEOUT)
         removed = 0
         for item in listing.get("items", []):
             ours = [c for c in (item.get("status") or {}).get("conditions") or []

@@ -38,7 +38,11 @@ from apiservice_operator.core.model import (
 )
 from apiservice_operator.probing import pool
 
-WRITE_TIMEOUT = 30.0  # kube-apiserver's own request timeout is 60 s; a write this late is retried
+# Every request to kube-apiserver has a deadline (kubernetes_asyncio's default has none at all: a call
+# on a frozen connection waited forever, a Lease renewal among them).
+API_TIMEOUT = 10.0
+# a status write's whole deadline where no Lease bounds it tighter (supervisor.write_timeout)
+WRITE_TIMEOUT = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +135,10 @@ def status_body(name: str, conditions: Sequence[Condition]) -> dict[str, Any]:
     }
 
 
-async def write_conditions(credentials: Credentials, name: str, conditions: Sequence[Condition]) -> bool:
-    """Server-side apply on apiservices/<name>/status. False when the APIService is gone."""
+async def write_conditions(credentials: Credentials, name: str, conditions: Sequence[Condition],
+                           within: float = WRITE_TIMEOUT) -> bool:
+    """Server-side apply on apiservices/<name>/status, all within `within` seconds (httpx's own
+    timeouts are per phase). False when the APIService is gone."""
     if credentials.http is None or credentials.configuration is None:
         raise RuntimeError("not logged in")
     headers = {"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"}
@@ -140,10 +146,12 @@ async def write_conditions(credentials: Credentials, name: str, conditions: Sequ
     if token:
         headers["Authorization"] = f"Bearer {token}"
     server_name = credentials.configuration.tls_server_name
-    response = await credentials.http.patch(
-        f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}/status", params={"fieldManager": FIELD_MANAGER, "force": "true"},
-        content=json.dumps(status_body(name, conditions)).encode(), headers=headers,
-        extensions={"sni_hostname": server_name} if server_name else None)
+    async with asyncio.timeout(within):
+        response = await credentials.http.patch(
+            f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}/status",
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content=json.dumps(status_body(name, conditions)).encode(), headers=headers,
+            extensions={"sni_hostname": server_name} if server_name else None)
     if response.status_code == 404:
         return False
     if response.status_code == 403:

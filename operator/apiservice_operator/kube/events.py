@@ -14,7 +14,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from apiservice_operator.core.model import GROUP, VERSION
 from apiservice_operator.core.transitions import EventSpec
-from apiservice_operator.kube.client import Credentials
+from apiservice_operator.kube.client import API_TIMEOUT, Credentials
 
 log = logging.getLogger(__name__)
 AGGREGATION_WINDOW = 600.0  # client-go's default: 10 minutes
@@ -47,7 +47,8 @@ class EventRecorder:
             if recent is not None and now - recent[2] < AGGREGATION_WINDOW:
                 event_name, count, first = recent
                 await api.patch_namespaced_event(event_name, self.namespace, {
-                    "count": count + 1, "lastTimestamp": _rfc3339(now).isoformat(), "message": spec.message})
+                    "count": count + 1, "lastTimestamp": _rfc3339(now).isoformat(), "message": spec.message},
+                    _request_timeout=API_TIMEOUT)
                 self._recent[key] = (event_name, count + 1, first)
                 return
             event_name = f"{name}.{time.time_ns():x}"
@@ -60,9 +61,11 @@ class EventRecorder:
                 source=client.V1EventSource(component=COMPONENT, host=self.host),
                 reporting_component=COMPONENT, reporting_instance=self.host,
             )
-            await api.create_namespaced_event(self.namespace, body)
+            await api.create_namespaced_event(self.namespace, body, _request_timeout=API_TIMEOUT)
             self._recent[key] = (event_name, 1, now)
             self._expire(now)
+        except (TimeoutError, OSError) as exc:
+            log.warning("event not recorded name=%s reason=%s error=%r", name, spec.reason, exc)
         except ApiException as exc:
             # an event is best effort: never let it block or break the status write
             if recent is not None and exc.status == 404:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from apiservice_operator.kube.client import Credentials
+from apiservice_operator.kube.client import API_TIMEOUT, Credentials
 
 log = logging.getLogger(__name__)
 TOKEN_SECONDS = 600  # the TokenRequest API's minimum lifetime: a leaked token is useless soon
@@ -58,7 +58,8 @@ class ProbeIdentity:
             spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=TOKEN_SECONDS))
         started = self.clock()
         try:
-            answer = await api.create_namespaced_service_account_token(self.name, self.namespace, request)
+            answer = await api.create_namespaced_service_account_token(self.name, self.namespace, request,
+                                                                       _request_timeout=API_TIMEOUT)
         except ApiException as exc:
             self.problem = (f"cannot mint a token for the probe identity {self.namespace}/{self.name}: HTTP "
                             f"{exc.status} {exc.reason} (it needs verb=create on serviceaccounts/token for that name, "
@@ -109,10 +110,14 @@ class ProbeIdentity:
             review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
                 non_resource_attributes=client.V1NonResourceAttributes(path=path, verb="get")))
             try:
-                answer = await client.AuthorizationV1Api(api_client).create_self_subject_access_review(review)
+                answer = await client.AuthorizationV1Api(api_client).create_self_subject_access_review(
+                    review, _request_timeout=API_TIMEOUT)
                 allowed = bool(answer.status and answer.status.allowed)
             except ApiException as exc:
                 log.warning("cannot ask whether %s may get %s: HTTP %s", self.username, path, exc.status)
+                allowed = None
+            except (TimeoutError, OSError) as exc:
+                log.warning("cannot ask whether %s may get %s: %r", self.username, path, exc)
                 allowed = None
         self._access[path] = (allowed, now)
         return allowed

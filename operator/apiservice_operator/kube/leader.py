@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from apiservice_operator.kube.client import Credentials
+from apiservice_operator.kube.client import API_TIMEOUT, Credentials
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,30 @@ class LeaderElector:
                      self.namespace, self.name, self.identity)
             self.on_change(value)
 
+    def license(self) -> float:
+        """Seconds this replica may still act as the leader: until its renew deadline passes since
+        the last renewal (0 when it is not leading). A standby may take the Lease lease_duration after
+        it last saw it renewed, so work that starts within this and ends within lease_duration -
+        renew_deadline lands before any standby can lead (supervisor.write_timeout)."""
+        if not self.leading.is_set():
+            return 0.0
+        return max(0.0, self.renew_deadline - (asyncio.get_running_loop().time() - self._last_renew))
+
+    def _attempt_budget(self) -> float:
+        # a leader's attempt may take only what is left before its renew deadline: one that hangs
+        # on a frozen connection must not keep it leading (it would keep writing beside a new leader)
+        return max(0.1, self.license()) if self.leading.is_set() else self.renew_deadline
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
-                    ok = await self._try_acquire_or_renew()
+                    async with asyncio.timeout(self._attempt_budget()):
+                        ok = await self._try_acquire_or_renew()
+                except TimeoutError:
+                    log.warning("lease %s/%s: no answer from kube-apiserver in time", self.namespace, self.name)
+                    ok = False
                 except ApiException as exc:
                     log.warning("lease %s/%s: HTTP %s", self.namespace, self.name, exc.status)
                     ok = False
@@ -72,7 +90,7 @@ class LeaderElector:
                 if ok:
                     self._last_renew = loop.time()
                     self._set_leading(True)
-                elif self.leading.is_set() and loop.time() - self._last_renew > self.renew_deadline:
+                elif self.leading.is_set() and loop.time() - self._last_renew >= self.renew_deadline:
                     self._set_leading(False)  # could not renew in time: another may take over
                 await asyncio.sleep(self.retry_period)
         finally:
@@ -85,7 +103,7 @@ class LeaderElector:
         api = self._api()
         now = _now_micro()
         try:
-            lease = await api.read_namespaced_lease(self.name, self.namespace)
+            lease = await api.read_namespaced_lease(self.name, self.namespace, _request_timeout=API_TIMEOUT)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -95,7 +113,7 @@ class LeaderElector:
                                         lease_duration_seconds=int(self.lease_duration),
                                         acquire_time=now, renew_time=now, lease_transitions=0))
             try:
-                await api.create_namespaced_lease(self.namespace, body)
+                await api.create_namespaced_lease(self.namespace, body, _request_timeout=API_TIMEOUT)
             except ApiException as create_exc:
                 if create_exc.status == 409:
                     return False  # someone else created it first
@@ -117,7 +135,7 @@ class LeaderElector:
             renew_time=now, lease_transitions=transitions)
         try:
             # resourceVersion in the body makes this a compare-and-swap: two standbys cannot both win
-            await api.replace_namespaced_lease(self.name, self.namespace, lease)
+            await api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=API_TIMEOUT)
         except ApiException as exc:
             if exc.status == 409:
                 return False
@@ -127,12 +145,16 @@ class LeaderElector:
     async def _release(self) -> None:
         """On a clean shutdown hand over at once instead of after lease_duration."""
         try:
-            api = self._api()
-            lease = await api.read_namespaced_lease(self.name, self.namespace)
-            if lease.spec and lease.spec.holder_identity == self.identity:
-                lease.spec.holder_identity = ""
-                lease.spec.lease_duration_seconds = 1
-                await api.replace_namespaced_lease(self.name, self.namespace, lease)
-                log.info("lease released lease=%s/%s", self.namespace, self.name)
+            async with asyncio.timeout(API_TIMEOUT):
+                await self._hand_over()
         except Exception as exc:  # best effort: the lease expires anyway
-            log.warning("lease release failed: %s", exc)
+            log.warning("lease release failed: %r", exc)
+
+    async def _hand_over(self) -> None:
+        api = self._api()
+        lease = await api.read_namespaced_lease(self.name, self.namespace, _request_timeout=API_TIMEOUT)
+        if lease.spec and lease.spec.holder_identity == self.identity:
+            lease.spec.holder_identity = ""
+            lease.spec.lease_duration_seconds = 1
+            await api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=API_TIMEOUT)
+            log.info("lease released lease=%s/%s", self.namespace, self.name)

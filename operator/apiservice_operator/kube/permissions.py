@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from kubernetes_asyncio import client
 
-from apiservice_operator.kube.client import Credentials
+from apiservice_operator.kube.client import API_TIMEOUT, Credentials
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ async def missing_permissions(credentials: Credentials, perms: list[Permission])
             resource_attributes=client.V1ResourceAttributes(
                 verb=p.verb, group=p.group, resource=p.resource, subresource=p.subresource or None,
                 namespace=p.namespace or None, name=p.name or None)))
-        result = await api.create_self_subject_access_review(review)
+        result = await api.create_self_subject_access_review(review, _request_timeout=API_TIMEOUT)
         if not (result.status and result.status.allowed):
             missing.append(p)
     return missing

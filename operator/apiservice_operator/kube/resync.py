@@ -18,7 +18,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from apiservice_operator.kube.client import Credentials
+from apiservice_operator.kube.client import API_TIMEOUT, Credentials
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ async def _get_json(credentials: Credentials, path: str, query: list[tuple[str, 
         # metadata only: a resync costs the same for a 10-port Service as for an empty one
         header_params={"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,"
                                  "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"},
-        auth_settings=["BearerToken"], _preload_content=False, _request_timeout=30)
+        auth_settings=["BearerToken"], _preload_content=False, _request_timeout=API_TIMEOUT)
     response = response[0] if isinstance(response, tuple) else response
     return json.loads(await response.read())
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ from apiservice_operator.core.model import Condition
 from apiservice_operator.core.path import PathProbeMode
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.kube import resync
-from apiservice_operator.kube.client import Credentials, write_conditions
+from apiservice_operator.kube.client import WRITE_TIMEOUT, Credentials, write_conditions
 from apiservice_operator.kube.events import EventRecorder
 from apiservice_operator.kube.identity import ProbeIdentity
 from apiservice_operator.kube.leader import LeaderElector
@@ -36,6 +37,7 @@ from apiservice_operator.serve.health import HealthState
 from apiservice_operator.serve.health import serve as serve_health
 
 log = logging.getLogger("apiservice_operator")
+LEASE_MARGIN = 1.0  # seconds between an old leader's last possible write and a standby's earliest takeover
 KOPF_STOP_GRACE = 1.0  # seconds kopf gets to end its watches before they are cancelled
 IDENTITY_WAIT = 10.0  # seconds the first probes wait for the probe identity's first token
 
@@ -63,6 +65,24 @@ def path_checker(settings: Settings, credentials: Credentials, inputs: IndexInpu
     log.info("path probe: through %s", through)
     return PathChecker(mode=mode, access=access, slices=inputs, probe=prober.probe_every, identity=identity,
                        clock=time.monotonic, pick=settings.picked_instances)
+
+
+def renew_deadline(settings: Settings) -> float:
+    return settings.lease_duration * 2 / 3  # client-go's ratio: 15 s Lease, 10 s to renew it
+
+
+def write_deadline(settings: Settings) -> float:
+    """A status write's whole deadline. With leader election it must end before a standby may take
+    the Lease: a write starts only within the renew deadline (the controller's license), so one that
+    ends within lease_duration - renew_deadline - a margin lands before any other replica leads
+    (both write as the same field manager: nothing else would keep their writes apart)."""
+    if not settings.leader_election:
+        return WRITE_TIMEOUT
+    return max(0.5, min(WRITE_TIMEOUT, settings.lease_duration - renew_deadline(settings) - LEASE_MARGIN))
+
+
+def _unbounded() -> float:
+    return math.inf
 
 
 def default_identity() -> str:
@@ -104,22 +124,25 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     health = HealthState(leader_election=settings.leader_election)
     recorder = EventRecorder(credentials, settings.events_namespace, holder)
 
-    async def write(name: str, conditions: Sequence[Condition]) -> bool:
-        return await write_conditions(credentials, name, conditions)
-
-    controller = Controller(settings=settings, inputs=inputs, probe=prober.probe_discovery, write=write,
-                            metrics=metrics, record_event=recorder.record, silent=prober.silence.silent,
-                            path=path_checker(settings, credentials, inputs, prober, prober_id))
-    health.problems = controller.problems
-    watches = Watches(settings, {"controller": controller}, credentials, inputs, health, resync.Watched(),
-                      on_start=lambda: take_signals_back())
-
     elector = None
     if settings.leader_election:
         elector = LeaderElector(
             credentials, lease_namespace, settings.lease_name, holder,
-            lease_duration=settings.lease_duration, renew_deadline=settings.lease_duration * 2 / 3,
+            lease_duration=settings.lease_duration, renew_deadline=renew_deadline(settings),
             retry_period=max(0.5, settings.lease_duration / 7.5))
+    within = write_deadline(settings)
+
+    async def write(name: str, conditions: Sequence[Condition]) -> bool:
+        return await write_conditions(credentials, name, conditions, within=within)
+
+    controller = Controller(settings=settings, inputs=inputs, probe=prober.probe_discovery, write=write,
+                            metrics=metrics, record_event=recorder.record, silent=prober.silence.silent,
+                            path=path_checker(settings, credentials, inputs, prober, prober_id),
+                            license=elector.license if elector is not None else _unbounded)
+    health.problems = controller.problems
+    watches = Watches(settings, {"controller": controller}, credentials, inputs, health, resync.Watched(),
+                      on_start=lambda: take_signals_back())
+
     perms = needed(settings.events_namespace, lease_namespace if elector else None, settings.lease_name,
                    (prober_id.namespace, prober_id.name) if prober_id else None)
 
