@@ -24,6 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import gzip
+import io
 import json
 import socket
 import ssl
@@ -45,11 +48,27 @@ HOSTILE_MODES = {
     "redirect": "302 Found to /redirected on the same server (`status` picks another 3xx)",
     "http10-close": "an HTTP/1.0 response without Content-Length, the body delimited by closing: otherwise valid",
     "reset-mid-body": "200 with Content-Length, half of the body, then a TCP reset (SO_LINGER 0)",
+    "deep-nesting": "200 and a body of 5,000 `[` (json.loads raises RecursionError on it)",
+    "deep-error": "500 and a 4 KiB body of `[`: the error's words are read too, and relayed by kube-apiserver",
+    "huge-number": "200 and a discovery document carrying an integer of 100,000 digits",
+    "invalid-utf8": "200 and a discovery document whose groupVersion holds bytes that are not UTF-8",
+    "gzip-bomb": "200, Content-Encoding: gzip, 100 MiB of zeros in ~100 KiB, though the client asked for identity",
+    "header-flood": "200 after 20,000 header lines (~1 MiB of headers), then the valid document",
 }
 # Modes decided when a connection opens: a kept-alive connection that sees one of them is closed,
 # so the client's next connection meets the misbehaviour.
 _CONNECTION_MODES = ("garbage-tls",)
 _CHUNK = 64 * 1024
+
+
+@functools.cache
+def _gzip_bomb() -> bytes:
+    """100 MiB of zeros, gzipped (~100 KiB), made in 1 MiB pieces so the server never holds 100 MiB."""
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9) as packed:
+        for _ in range(100):
+            packed.write(bytes(1024 * 1024))
+    return out.getvalue()
 
 
 def discovery_document(group: str, version: str) -> dict[str, Any]:
@@ -279,7 +298,34 @@ class Server:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
             return False
+        if mode in ("deep-nesting", "deep-error", "huge-number", "invalid-utf8", "gzip-bomb", "header-flood"):
+            code, headers, body = self.hostile_body(mode)
+            head = f"HTTP/1.1 {code} {_REASONS.get(code, 'Status')}\r\nContent-Type: application/json\r\n"
+            writer.write(head.encode())
+            for line in headers:
+                writer.write(line.encode() + b"\r\n")
+                if writer.transport.get_write_buffer_size() > _CHUNK:
+                    await drain(writer)
+            writer.write(f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await drain(writer)
+            return True
         raise AssertionError(f"unknown hostile mode {mode!r}")
+
+    def hostile_body(self, mode: str) -> tuple[int, list[str], bytes]:
+        """(status, extra header lines, body) of the hostile modes that answer one request badly."""
+        if mode == "deep-nesting":
+            return 200, [], b"[" * 5000
+        if mode == "deep-error":
+            return 500, [], b"[" * 4096
+        if mode == "huge-number":
+            return 200, [], self.document_bytes()[:-1] + b', "n": ' + b"9" * 100_000 + b"}"
+        if mode == "invalid-utf8":
+            return 200, [], self.document_bytes().replace(b'"groupVersion": "', b'"groupVersion": "\xff\xfe', 1)
+        if mode == "gzip-bomb":
+            return 200, ["Content-Encoding: gzip"], _gzip_bomb()
+        if mode == "header-flood":
+            return 200, [f"X-Flood-{i}: {'a' * 40}" for i in range(20_000)], self.document_bytes()
+        raise AssertionError(mode)
 
     async def send(self, writer: asyncio.StreamWriter, code: int, body_obj: Any) -> None:
         body = json.dumps(body_obj).encode()
