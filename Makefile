@@ -2,7 +2,7 @@
 PYTHON ?= python3
 KUBECONFIG_LOCAL = $(shell cat $${XDG_STATE_HOME:-$$HOME/.local/state}/apiservice-operator/cluster/ready 2>/dev/null)
 
-.PHONY: help install kube-binaries demo demo-monitoring test e2e e2e-kind test-unit check image wheels bench cluster-up cluster-down clean
+.PHONY: help install kube-binaries sample-apiserver test-deps demo demo-monitoring test e2e e2e-kind test-unit check image wheels bench cluster-up cluster-down clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -14,16 +14,22 @@ install: ## install the package and its dev tools (editable)
 kube-binaries: ## build or reuse kube-apiserver, kubectl and etcd (cached under ~/.cache/apiservice-operator)
 	hack/build-kube.sh
 
+sample-apiserver: ## build or reuse k8s.io/sample-apiserver (the suite's real extension server; cached)
+	hack/build-sample-apiserver.sh
+
+test-deps: ## the system tools the suite needs (iproute2, util-linux, iptables, prometheus): installed as root, else named
+	hack/test-deps.sh
+
 demo: install ## the local control plane, six sample aggregated APIs, the operator and its table; Ctrl-C ends it
 	@hack/demo.sh
 
 demo-monitoring: install ## make demo plus a local Prometheus (Debian's prometheus) with the shipped rules; prints its URL and the alerts that fire
 	@DEMO_PROMETHEUS=1 hack/demo.sh
 
-test: install kube-binaries ## all tests: unit, integration and e2e, against the local control plane
+test: install kube-binaries sample-apiserver test-deps ## all tests: unit, integration and e2e, against the local control plane
 	hack/netns-run $(PYTHON) -m pytest $(PYTEST_ARGS)
 
-e2e: install kube-binaries ## the e2e suite on the local control plane (E2E_KUBECONFIG=... for another cluster)
+e2e: install kube-binaries test-deps ## the e2e suite on the local control plane (E2E_KUBECONFIG=... for another cluster)
 	hack/netns-run $(PYTHON) -m pytest e2e $(PYTEST_ARGS)
 
 e2e-kind: install ## the e2e suite on a real kind cluster from images built here (root or a Docker engine; else skips with the reason)

@@ -6,7 +6,8 @@
 # kind is built from its Go module (hack/kind/kind.sh), the node image and every image it runs are
 # built here (hack/kind/node-image.sh), the operator and test-server images from the local Debian
 # base (hack/base-image.sh). All of it is cached; a warm run only creates and deletes the cluster.
-# Without a Docker engine it can start (no root, no docker) it exits 0 with the reason.
+# Without a Docker engine it can start (no root, no docker) it exits 0 with the reason, or 1 with
+# E2E_KIND_REQUIRED=1 (as CI sets it).
 #
 #   KIND_NODE_IMAGE=...   use this node image instead of building one
 #   BASE_IMAGE=...        base of the operator and test-server images (default: the local Debian base)
@@ -16,7 +17,11 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
 PYTHON="${PYTHON:-python3}"
 started=$(date +%s)
-skip() { echo "e2e-kind: SKIPPED: $*" >&2; exit 0; }
+# E2E_KIND_REQUIRED=1 (CI): a reason to skip is a failure
+skip() {
+  if [[ "${E2E_KIND_REQUIRED:-}" == "1" ]]; then echo "e2e-kind: FAILED (E2E_KIND_REQUIRED=1): $*" >&2; exit 1; fi
+  echo "e2e-kind: SKIPPED: $*" >&2; exit 0
+}
 log() { echo "e2e-kind [$(( $(date +%s) - started ))s]: $*" >&2; }
 
 # --- engine ---------------------------------------------------------------------------------------
