@@ -90,14 +90,22 @@ def operator_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def explain_port() -> int:
+    from tests.cluster.controlplane import free_port
+
+    return free_port("127.0.0.1")
+
+
+@pytest.fixture(scope="session")
 def operator(
-    operator_kubeconfig: Path, operator_port: int, tmp_path_factory: pytest.TempPathFactory,
+    operator_kubeconfig: Path, operator_port: int, explain_port: int, tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ) -> Iterator[OperatorProcess]:
     """One operator for the session, running as its own ServiceAccount."""
     proc = OperatorProcess(operator_kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
                            # APIServices labelled for the leader-election tests belong to their own operators
-                           [*OPERATOR_ARGS, "--metrics-port", str(operator_port), "--selector", "!ha-test"])
+                           [*OPERATOR_ARGS, "--metrics-port", str(operator_port), "--explain-port", str(explain_port),
+                            "--selector", "!ha-test"])
     proc.start()
     failed_before = request.session.testsfailed
     try:

@@ -2,10 +2,11 @@
 one APIService explained hop by hop.
 
     kubectl apiservices [-o wide|json] [--watch] [-l SELECTOR] [--kubeconfig FILE]
-    kubectl apiservices explain NAME [-o json] [--operator-service NAMESPACE/SERVICE:PORT]
+    kubectl apiservices explain NAME [-o json] [-n NAMESPACE] [--operator-url URL]
 
-explain asks the operator (through kube-apiserver's service proxy, so it runs where the Pods are)
-for one fresh check; it needs `get services/proxy` on the operator's Service.
+explain asks the operator for one fresh check, where its Pods run: through `kubectl port-forward` to
+an operator Pod's loopback (kube-apiserver's RBAC decides: `create pods/portforward` there, which the
+ClusterRole apiservice-operator-explain grants), or at --operator-url for an operator beside you.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ import json
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from apiservice_operator.core.blast import blocked_count
 from apiservice_operator.core.model import DEFAULT_CONDITION_PREFIX, GROUP, PLURAL, VERSION, ConditionTypes
 from apiservice_operator.kube.client import API_TIMEOUT, Credentials
+from apiservice_operator.kube.portforward import ForwardFailed, forwarded, operator_pod
 
 COLUMNS = ("NAME", "SERVICE", "KUBE-APISERVER", "PROBED", "REASON", "PATH", "LATENCY", "ENDPOINTS", "AGE")
 _PASSED = re.compile(r"passed (?:through .*? and )?on (\d+)/(\d+) endpoints in (\S+)")
@@ -148,7 +151,8 @@ async def main_async(args: argparse.Namespace) -> int:
         await credentials.close()
 
 
-DEFAULT_OPERATOR_SERVICE = "apiservice-operator/apiservice-operator-metrics:http"
+DEFAULT_NAMESPACE = "apiservice-operator"
+EXPLAIN_WAIT = 60.0  # seconds: the operator bounds an explain at 30
 
 
 def _seconds(value: float | None) -> str:
@@ -213,49 +217,49 @@ def render_explain(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def explain_failure(status: int, body: str, name: str, operator_service: str) -> str:
+def explain_failure(status: int, body: str, name: str, where: str) -> str:
     """Why no trace came back, in words: pure."""
     if status == 404 and "handles no APIService" in body:
         return f"explain: the operator handles no APIService named {name!r}"
     if status == 429:
         return "explain: the operator is busy with other explains; try again in a few seconds"
-    if status == 403:
-        return (f"explain: forbidden: you need `get services/proxy` on {operator_service.split(':')[0]} "
-                "(manifests/explain-rbac.yaml offers a ClusterRole to bind there)")
-    return (f"explain: no operator answers at {operator_service} through kube-apiserver (HTTP {status}: "
-            f"{body.strip()[:300]}): is it running, and is this its Service?")
+    return f"explain: the operator at {where} answered HTTP {status}: {body.strip()[:300]}"
 
 
-def _operator_proxy(service: str) -> tuple[str, str]:
-    namespace, _, rest = service.partition("/")
-    if not namespace or not rest:
-        raise SystemExit(f"--operator-service: want NAMESPACE/SERVICE:PORT, not {service!r}")
-    return namespace, rest
+async def _fetch(url: str) -> tuple[int, str]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(EXPLAIN_WAIT), trust_env=False) as http:
+        response = await http.get(url)
+        return response.status_code, response.text
 
 
 async def explain_async(args: argparse.Namespace) -> int:
-    credentials = Credentials(args.kubeconfig)
-    await credentials.load()
-    namespace, service = _operator_proxy(args.operator_service)
+    path = f"/explain/{urllib.parse.quote(args.name, safe='')}"
+    where = args.operator_url or ""
     try:
-        assert credentials.api is not None
-        api = client.CoreV1Api(credentials.api)
-        try:
-            # the raw body: the client would decode the JSON and hand back its repr as a "str"
-            response: Any = await api.connect_get_namespaced_service_proxy_with_path(
-                service, namespace, f"explain/{args.name}", _request_timeout=30, _preload_content=False)
-            status, text = response.status, await response.text()
-        except ApiException as exc:
-            status = exc.status
-            text = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
-        if status != 200:
-            print(explain_failure(status, text, args.name, args.operator_service), file=sys.stderr)
-            return 1
-        report = json.loads(text)
-        print(json.dumps(report, indent=2) if args.output == "json" else render_explain(report))
-        return 0
-    finally:
-        await credentials.close()
+        if args.operator_url:
+            status, text = await _fetch(args.operator_url.rstrip("/") + path)
+        else:
+            credentials = Credentials(args.kubeconfig)
+            await credentials.load()
+            try:
+                pod = await operator_pod(credentials, args.namespace)
+            finally:
+                await credentials.close()
+            where = f"pod {args.namespace}/{pod}"
+            async with forwarded(args.kubeconfig_flag, args.namespace, pod, args.explain_port) as local:
+                status, text = await _fetch(f"http://127.0.0.1:{local}{path}")
+    except ForwardFailed as exc:
+        print(f"explain: {exc}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"explain: no operator answers at {where or 'the forwarded port'}: {exc!r}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(explain_failure(status, text, args.name, where), file=sys.stderr)
+        return 1
+    report = json.loads(text)
+    print(json.dumps(report, indent=2) if args.output == "json" else render_explain(report))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -271,10 +275,15 @@ def explain_main(argv: Sequence[str]) -> int:
     p.add_argument("name")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.add_argument("--kubeconfig", default=None)
-    p.add_argument("--operator-service", default=os.environ.get("APISERVICE_OPERATOR_SERVICE",
-                                                                DEFAULT_OPERATOR_SERVICE),
-                   help="the operator's Service, NAMESPACE/SERVICE:PORT (env: APISERVICE_OPERATOR_SERVICE)")
+    p.add_argument("-n", "--namespace", default=os.environ.get("APISERVICE_OPERATOR_NAMESPACE", DEFAULT_NAMESPACE),
+                   help="the operator's namespace (env: APISERVICE_OPERATOR_NAMESPACE)")
+    p.add_argument("--explain-port", type=int, default=int(os.environ.get("APISERVICE_OPERATOR_EXPLAIN_PORT", "8081")),
+                   help="the operator's --explain-port (env: APISERVICE_OPERATOR_EXPLAIN_PORT)")
+    p.add_argument("--operator-url", default=os.environ.get("APISERVICE_OPERATOR_URL"),
+                   help="ask an operator that runs beside you at this URL (http://127.0.0.1:8081) instead of a "
+                        "port-forward to its Pod (env: APISERVICE_OPERATOR_URL)")
     args = p.parse_args(argv)
+    args.kubeconfig_flag = args.kubeconfig
     args.kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     try:
         return asyncio.run(explain_async(args))

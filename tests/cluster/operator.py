@@ -51,6 +51,9 @@ class OperatorProcess:
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
+        if "--explain-port" not in self.args:
+            # off unless a test asks for it: many operators share one network namespace, and 8081 once
+            self.args = [*self.args, "--explain-port", "0"]
         log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONPATH": str(REPO / "operator"), "PYTHONUNBUFFERED": "1"}
         self.popen = subprocess.Popen(

@@ -35,6 +35,7 @@ class Settings:
     log_level: str = "INFO"
     debounce: float = 0.01
     metrics_port: int = 8080
+    explain_port: int = 8081
     leader_election: bool = False
     lease_name: str = "apiservice-operator"
     lease_namespace: str = ""
@@ -64,6 +65,10 @@ class Settings:
             raise ValueError("--max-write-rate must be at least 1 (status writes per second)")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("--metrics-port must be 0 (off) or a port number")
+        if not 0 <= self.explain_port <= 65535:
+            raise ValueError("--explain-port must be 0 (off) or a port number")
+        if self.explain_port and self.explain_port == self.metrics_port:
+            raise ValueError("--explain-port and --metrics-port must differ")
         if self.resync_interval < 0:
             raise ValueError("--resync-interval must be 0 (off) or positive")
         if self.lease_duration < 2:
@@ -118,6 +123,9 @@ _FLAGS: Sequence[tuple[str, Any, str]] = (
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
     ("debounce", float, "coalesce bursts of changes to one APIService for this long, seconds"),
     ("metrics-port", int, "serve /metrics, /healthz and /readyz on this port; 0 turns it off"),
+    ("explain-port", int, "serve /explain/<name> on this port of the loopback only (127.0.0.1), reached by "
+                          "`kubectl apiservices explain` through a port-forward that kube-apiserver authorizes; "
+                          "0 turns it off"),
     ("leader-election", boolean, "hold a coordination.k8s.io Lease: only the holder probes and writes"),
     ("lease-name", str, "the Lease's name"),
     ("lease-namespace", str, "the Lease's namespace (default: the pod's, from POD_NAMESPACE or the "

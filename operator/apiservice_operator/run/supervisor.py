@@ -33,7 +33,7 @@ from apiservice_operator.probing.probe import Prober, inspect_tls
 from apiservice_operator.run import heap
 from apiservice_operator.run.adapter import IndexInputs, Watches
 from apiservice_operator.serve.explain import explain
-from apiservice_operator.serve.health import HealthState
+from apiservice_operator.serve.health import HealthState, serve_explain
 from apiservice_operator.serve.health import serve as serve_health
 
 log = logging.getLogger("apiservice_operator")
@@ -158,8 +158,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     async def explain_one(name: str) -> dict[str, Any] | None:
         return await explain(name, traced)
 
-    runner = (await serve_health(settings.metrics_port, health, metrics, explain=explain_one)
-              if settings.metrics_port else None)
+    servers = []
+    if settings.metrics_port:
+        servers.append(await serve_health(settings.metrics_port, health, metrics))
+    if settings.explain_port:
+        servers.append(await serve_explain(settings.explain_port, explain_one))
     background = [
         asyncio.create_task(_heartbeat(health), name="heartbeat"),
         asyncio.create_task(heap.give_back_every(), name="heap trim"),
@@ -225,8 +228,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         reclaimer.cancel()
         stopper.cancel()
         await stop_ours()
-        if runner is not None:
-            await runner.cleanup()
+        for server in servers:
+            await server.cleanup()
         await prober.aclose()
         await credentials.close()
 

@@ -1,4 +1,13 @@
-"""The operator's only port: /metrics, /healthz, /readyz and /explain/<name>, nothing else."""
+"""What the operator serves: /metrics, /healthz and /readyz on its port (every address, for Prometheus
+and the kubelet), and /explain/<name> on a port of its own bound to the Pod's loopback only.
+
+explain discloses what RBAC may hide from a caller (backend Pod IPs, kube-apiserver addresses,
+servers' error bodies and certificates) and each call sends probes, so nothing that kube-apiserver
+has not authorized may reach it. Through kube-apiserver's service proxy the Pod cannot learn who
+calls (the caller's credentials end at kube-apiserver), so explain is reached by a port-forward
+instead (`kubectl apiservices explain`): kube-apiserver authenticates the caller, its RBAC decides
+(`create pods/portforward` on the operator's Pods) and its audit log names them; nothing else in
+the cluster can reach a Pod's loopback."""
 
 from __future__ import annotations
 
@@ -37,24 +46,11 @@ Explainer = Callable[[str], Awaitable[dict[str, Any] | None]]
 EXPLAIN_AT_ONCE = 2  # each runs probes within the budget: a few seconds at most
 
 
-async def serve(port: int, state: HealthState, metrics: Metrics, host: str = "0.0.0.0",
-                explain: Explainer | None = None) -> web.AppRunner:
-    loop = asyncio.get_running_loop()
-    explain_slots = asyncio.Semaphore(EXPLAIN_AT_ONCE)
+EXPLAIN_TIMEOUT = 30.0  # seconds one explain may take: probes within the budget, an access review, a /livez
 
-    async def handle_explain(request: web.Request) -> web.Response:
-        """Read-only and rate-limited: one fresh check of an APIService the operator handles."""
-        name = request.match_info["name"]
-        if explain is None:
-            raise web.HTTPNotFound()
-        if explain_slots.locked():
-            return web.json_response({"error": f"busy: {EXPLAIN_AT_ONCE} explains are running; try again"},
-                                     status=429, headers={"Retry-After": "2"})
-        async with explain_slots:
-            report = await explain(name)
-        if report is None:
-            return web.json_response({"error": f"this operator handles no APIService named {name!r}"}, status=404)
-        return web.json_response(report)
+
+async def serve(port: int, state: HealthState, metrics: Metrics, host: str = "0.0.0.0") -> web.AppRunner:
+    loop = asyncio.get_running_loop()
 
     async def handle_metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -71,7 +67,35 @@ async def serve(port: int, state: HealthState, metrics: Metrics, host: str = "0.
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
+    return await _start(app, host, port)
+
+
+async def serve_explain(port: int, explain: Explainer, host: str = "127.0.0.1") -> web.AppRunner:
+    """/explain/<name> on the loopback only (the module's docstring says why)."""
+    explain_slots = asyncio.Semaphore(EXPLAIN_AT_ONCE)
+
+    async def handle_explain(request: web.Request) -> web.Response:
+        """Read-only and rate-limited: one fresh check of an APIService the operator handles."""
+        name = request.match_info["name"]
+        if explain_slots.locked():
+            return web.json_response({"error": f"busy: {EXPLAIN_AT_ONCE} explains are running; try again"},
+                                     status=429, headers={"Retry-After": "2"})
+        async with explain_slots:
+            try:
+                async with asyncio.timeout(EXPLAIN_TIMEOUT):
+                    report = await explain(name)
+            except TimeoutError:
+                return web.json_response({"error": f"explain took over {EXPLAIN_TIMEOUT:g}s; try again"}, status=504)
+        if report is None:
+            return web.json_response({"error": f"this operator handles no APIService named {name!r}"}, status=404)
+        return web.json_response(report)
+
+    app = web.Application()
     app.router.add_get("/explain/{name}", handle_explain)
+    return await _start(app, host, port)
+
+
+async def _start(app: web.Application, host: str, port: int) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
