@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from tests import builders
 from tests.cluster.kube import Kube, condition, wait_conditions, wait_for
 
@@ -237,3 +239,47 @@ def test_an_unavailable_api_holds_up_namespace_deletion_and_says_which(
     wait_for(lambda: deployed.get_or_none(f"/api/v1/namespaces/{victim}") is None, 600,
              f"namespace {victim} deleted once discovery works", interval=2)
     report("blast-radius-cleared", namespace_gone_after_s=round(time.monotonic() - t1, 2))
+
+
+def user_kubeconfig(cluster: Cluster, namespace: str, name: str, target: Path) -> Path:
+    """A kubeconfig of a ServiceAccount `name` in `namespace`: an on-call user who is not an admin."""
+    config = yaml.safe_load(cluster[1].read_text())
+    token = kubectl(cluster, "create", "token", name, "-n", namespace, "--duration=1h").stdout.strip()
+    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])["context"]
+    config["users"] = [{"name": name, "user": {"token": token}}]
+    config["contexts"] = [{"name": name, "context": {"cluster": context["cluster"], "user": name}}]
+    config["current-context"] = name
+    target.write_text(yaml.safe_dump(config))
+    return target
+
+
+def test_explain_works_for_an_authorized_user_through_a_port_forward_and_refuses_others(
+    deployed: Kube, cluster: Cluster, backend: Backend, namespace: str, tmp_path: Path,
+) -> None:
+    """`kubectl apiservices explain` as on-call runs it: a port-forward to an operator Pod's loopback,
+    authorized by kube-apiserver. With the ClusterRole apiservice-operator-explain bound in the
+    operator's namespace the report comes back; without it kube-apiserver refuses the forward."""
+    api = backend.create(namespace, f"{namespace}.explain.e2e.example.com", 1)
+    wait_conditions(api, {OURS: ("True", "Passed")}, 120)
+    user = f"oncall-{uuid.uuid4().hex[:6]}"
+    kubectl(cluster, "create", "serviceaccount", user, "-n", namespace)
+    config = user_kubeconfig(cluster, namespace, user, tmp_path / "oncall.kubeconfig")
+    env = {**os.environ, "KUBECONFIG": str(config)}
+    command = [sys.executable, "-m", "apiservice_operator.plugin", "explain", api.name, "-o", "json"]
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "forbidden" in refused.stderr, refused.stderr
+    kubectl(cluster, "create", "rolebinding", f"{user}-explain", "-n", NAMESPACE,
+            "--clusterrole=apiservice-operator-explain", f"--serviceaccount={namespace}:{user}")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+            if done.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert done.returncode == 0, done.stderr
+        trace = json.loads(done.stdout)
+        assert (trace["verdict"][0]["status"], trace["verdict"][0]["reason"]) == ("True", "Passed"), trace["verdict"]
+        report("explain-through-port-forward", endpoints=len(trace["endpoints"]), fix=trace["fix"])
+    finally:
+        kubectl(cluster, "delete", "rolebinding", f"{user}-explain", "-n", NAMESPACE, check=False)
