@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from apiservice_operator.core.model import ErrorKind, ProbePlan, ProbeResult, Target
 from apiservice_operator.probing.probe import LANE_SLOTS, Prober
@@ -298,3 +299,37 @@ async def test_a_kept_connection_the_server_dropped_meanwhile_is_not_used(tmp_pa
         await prober.aclose()
     assert before.ok and after.ok, after.detail
     assert opened == 2
+
+
+async def test_idle_connections_to_an_address_nobody_asks_again_are_closed_after_the_keepalive(
+        server: Server) -> None:
+    """A rollout's old Pod IPs, a deleted APIService: their kept connections were kept until the same
+    address was asked again, which may be never."""
+    prober = Prober(1.0, lambda: "secret-token")
+    try:
+        [result] = await prober.probe_discovery(plan(server.port))
+        assert result.ok
+        (pool,) = prober._pools.values()
+        assert pool.idle() == 1
+        assert pool.expire_idle(time.monotonic() + 10) == 0  # within the keep-alive: kept
+        assert pool.expire_idle(time.monotonic() + 31) == 1
+        assert pool.idle() == 0
+    finally:
+        await prober.aclose()
+
+
+def test_a_deleted_apiservices_series_go_and_a_former_leader_keeps_no_verdict_gauges() -> None:
+    from apiservice_operator.check.metrics import Metrics
+    from apiservice_operator.core.model import Condition, Status
+
+    metrics = Metrics()
+    condition = Condition("apiservice-operator.io/Available", Status.FALSE, "FailedDiscoveryCheck", "m", "t")
+    for name in ("gone", "kept"):
+        metrics.observe_conditions(name, condition)
+        metrics.transitions.labels(name=name, type=condition.type, status="False", reason="FailedDiscoveryCheck").inc()
+    metrics.forget("gone")
+    text = generate_latest(metrics.registry).decode()
+    assert 'name="gone"' not in text and 'name="kept"' in text
+    metrics.forget_all()
+    text = generate_latest(metrics.registry).decode()
+    assert "apiservice_operator_unavailable_apiservice{" not in text

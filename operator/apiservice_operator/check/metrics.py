@@ -101,6 +101,23 @@ class Metrics:
         self.unavailable.labels(name=name).set(0 if available.status is Status.TRUE else 1)
 
     def forget(self, name: str) -> None:
+        """An APIService that went: every series labelled with it goes too (a deleted APIService's
+        transitions_total stayed forever, one series per type, status and reason it ever had)."""
         for metric in (self.unavailable, self.discovery_latency, self.certificate_expiry, self.blocked_namespaces):
             with contextlib.suppress(KeyError):
                 metric.remove(name)
+        for labels in [k for k in _label_sets(self.transitions) if k[0] == name]:
+            with contextlib.suppress(KeyError):
+                self.transitions.remove(*labels)
+
+    def forget_all(self) -> None:
+        """This replica stopped deciding (it lost the Lease): its per-APIService gauges would go on
+        saying what it last saw, beside the new leader's, and alerts that take max or min across
+        Pods would read a stale verdict."""
+        for metric in (self.unavailable, self.certificate_expiry, self.blocked_namespaces):
+            metric.clear()
+
+
+def _label_sets(metric: Counter) -> list[tuple[str, ...]]:
+    # prometheus_client keeps a labelled metric's children in _metrics; it has no public listing
+    return [tuple(labels) for labels in metric._metrics]

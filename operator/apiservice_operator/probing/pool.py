@@ -52,6 +52,7 @@ class ConnectionPool:
         self._keepalive = keepalive
         self._idle: dict[_Address, deque[tuple[httpcore.AsyncHTTPConnection, float]]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._swept_at = time.monotonic()
         self.opened = 0  # connections made, for tests and the benchmark's evidence
 
     def idle(self) -> int:
@@ -75,10 +76,30 @@ class ConnectionPool:
     def _give_back(self, address: _Address, connection: httpcore.AsyncHTTPConnection) -> None:
         if not connection.is_idle() or connection.is_closed():
             return
+        now = time.monotonic()
         kept = self._idle.setdefault(address, deque())
-        kept.append((connection, time.monotonic()))
+        kept.append((connection, now))
         while len(kept) > self._keep:
             self._close(kept.popleft()[0])
+        if now - self._swept_at > self._keepalive:
+            self.expire_idle(now)
+
+    def expire_idle(self, now: float | None = None) -> int:
+        """Closes the idle connections kept longer than the keep-alive, at every address: those of an
+        endpoint that went away (a rollout's old Pod IPs, a deleted APIService) were otherwise kept
+        until the same address was asked again, which may be never. Runs at most once a keep-alive
+        from _give_back; returns how many it closed."""
+        now = time.monotonic() if now is None else now
+        self._swept_at = now
+        closed = 0
+        for address in list(self._idle):
+            kept = self._idle[address]
+            while kept and now - kept[0][1] > self._keepalive:  # oldest first
+                self._close(kept.popleft()[0])
+                closed += 1
+            if not kept:
+                del self._idle[address]
+        return closed
 
     def _close(self, *connections: httpcore.AsyncHTTPConnection) -> None:
         for connection in connections:

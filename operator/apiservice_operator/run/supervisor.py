@@ -310,6 +310,7 @@ async def _probe_loop(controller: Controller, ready: asyncio.Event, elector: Lea
             await asyncio.gather(runner, lost, return_exceptions=True)
         if runner.done() and not runner.cancelled() and runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
+        metrics.forget_all()  # the new leader's gauges are the ones that count now
         log.info("stopped probing: leadership lost")
 
 
