@@ -2,14 +2,18 @@
 PYTHON ?= python3
 KUBECONFIG_LOCAL = $(shell cat $${XDG_STATE_HOME:-$$HOME/.local/state}/apiservice-operator/cluster/ready 2>/dev/null)
 
-.PHONY: help install kube-binaries sample-apiserver test-deps demo demo-monitoring test e2e e2e-kind test-unit check image wheels bench cluster-up cluster-down clean
+.PHONY: help install lock kube-binaries sample-apiserver test-deps demo demo-monitoring test e2e e2e-kind test-unit check image wheels bench cluster-up cluster-down clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-install: ## install the package and its dev tools (editable)
+install: ## install the locked dependencies (hashes checked), then the package itself (editable)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	$(PYTHON) -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(PYTHON) -m pip install --quiet --no-deps -e .
+
+lock: ## refresh requirements.lock and requirements-dev.lock from pyproject.toml (pins and hashes)
+	PYTHON=$(PYTHON) hack/lock.sh
 
 kube-binaries: ## build or reuse kube-apiserver, kubectl and etcd (cached under ~/.cache/apiservice-operator)
 	hack/build-kube.sh
@@ -46,9 +50,11 @@ check: ## lint (ruff) and types (mypy)
 IMAGE ?= apiservice-operator:0.1.0
 BASE_IMAGE ?= python:3.11-slim
 
-wheels: ## the operator and its dependencies as wheels in build/wheels (what the image installs)
+wheels: ## the operator and its locked dependencies as wheels in build/wheels (what the image installs)
 	rm -rf build/wheels
-	$(PYTHON) -m pip wheel --quiet -w build/wheels .
+	$(PYTHON) -m pip wheel --quiet --require-hashes -r requirements.lock -w build/wheels
+	$(PYTHON) -m pip wheel --quiet --no-deps -w build/wheels .
+	cp requirements.lock build/wheels/requirements.lock
 
 image: ## build the operator image; BASE_IMAGE=... picks the base (default python:3.11-slim)
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine answers (hack/docker-engine.sh starts one, as root)"; exit 1; }
