@@ -451,3 +451,21 @@ async def test_throttled_status_writes_back_off_together_and_all_land_when_it_en
     assert probes_during >= 100 * 60 / 20, probes_during  # periodic probes went on (interval <= 20 s)
     landed = {n for n, _, t in recorder.writes if t <= throttled_until + 30}
     assert landed == set(names)
+
+
+async def test_a_refusal_of_probes_sent_without_our_token_says_why_the_token_is_missing() -> None:
+    world = World()
+    name = world.add("refuses.example.com")
+    world.apiservices[name]["spec"].pop("insecureSkipTLSVerify")  # verified TLS: the token would be sent
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        return [ProbeResult(t, False, 0.01, ErrorKind.UNAUTHORIZED, "HTTP 401 (the probe's identity was refused)",
+                            401) for t in plan.targets]
+
+    recorder = Recorder(world)
+    controller = Controller(Settings(), world, probe, recorder.write,
+                            token_problem=lambda: "minting the probe identity's token failed: no answer")
+    await controller.check(name)
+    available = [w[1] for w in recorder.writes if w[0] == name][-1][0]
+    assert (str(available.status), available.reason) == ("Unknown", "ProbeUnauthorized")
+    assert "went without the probe identity's token (minting the probe identity's token failed" in available.message

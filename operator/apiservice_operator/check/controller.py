@@ -82,6 +82,8 @@ class Controller:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # seconds this replica may still write (its Lease's renew deadline; unbounded without leader election)
     license: Callable[[], float] = lambda: math.inf
+    # why the probes go without the probe identity's token, when they do (kube/identity.py)
+    token_problem: Callable[[], str | None] = lambda: None
 
     def __post_init__(self) -> None:
         self.queue = ProbeQueue(lambda: asyncio.get_running_loop().time())
@@ -91,7 +93,7 @@ class Controller:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self.pipeline = Pipeline(self.settings, self.inputs, self.probe, self.path, lambda: self.now(),
                                  self.silent, slots=asyncio.Semaphore(self.settings.concurrency),
-                                 on_probe=self._probing)
+                                 on_probe=self._probing, token_problem=lambda: self.token_problem())
         self.cadence = Cadence(self.settings)
         self.sharing = EndpointSharing()
         self.written = Written()

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from apiservice_operator.check.pacing import Pacing
@@ -45,6 +45,7 @@ from apiservice_operator.probing.pathcheck import PathChecker
 
 log = logging.getLogger(__name__)
 CHECK_FAILED = "CheckFailed"
+PROBE_UNAUTHORIZED = "ProbeUnauthorized"
 ProbeFn = Callable[[ProbePlan], Awaitable[list[ProbeResult]]]
 Inspect = Callable[[Target, str, float], Awaitable[Handshake]]
 
@@ -132,6 +133,8 @@ class Pipeline:
     pacing: Pacing = field(default_factory=Pacing)
     slots: asyncio.Semaphore | None = None  # the live run's probe slots (--concurrency)
     on_probe: Callable[[], None] | None = None  # the live run has a slot and sends its probes
+    # why the probes go without the probe identity's token, when they do (its renewal failed)
+    token_problem: Callable[[], str | None] = lambda: None
 
     async def run(self, name: str, *, interval: float = 0.0, remembered: Remembered | None = None,
                   traced: bool = False) -> Outcome | None:
@@ -171,8 +174,14 @@ class Pipeline:
     def _decide(self, resolution: Resolution, evidence: Evidence, previous: list[Condition],
                 blocked: list[str]) -> tuple[Condition, Condition]:
         s = self.settings
-        return decide(resolution, evidence.probes, previous, self.now(), s.types, s.probe_timeout, evidence.path,
-                      s.cert_expiry_warning * 86400, blocked)
+        available, degraded = decide(resolution, evidence.probes, previous, self.now(), s.types, s.probe_timeout,
+                                     evidence.path, s.cert_expiry_warning * 86400, blocked)
+        problem = self.token_problem() if available.reason == PROBE_UNAUTHORIZED else None
+        if problem:
+            # refused because we sent no token: our fault, not the server's, and the verdict says so
+            available = replace(available, message=f"the probes went without the probe identity's token ({problem}); "
+                                                    f"{available.message}")
+        return available, degraded
 
     def forget(self, name: str) -> None:
         self.pacing.forget(name)

@@ -50,6 +50,12 @@ class ProbeIdentity:
             self._token = None  # never send an expired token: it would read as a refusal
         return self._token
 
+    def token_problem(self) -> str | None:
+        """Why no token goes with the probes now; None while one does."""
+        if self.token() is not None:
+            return None
+        return self.problem or "no token minted yet"
+
     async def mint(self) -> float:
         """Gets a new token; returns the seconds until it should be renewed."""
         assert self.credentials.api is not None
@@ -82,7 +88,9 @@ class ProbeIdentity:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.problem = self.problem or f"minting the probe identity's token failed: {exc!r}"
+                why = (f"no answer from kube-apiserver within {API_TIMEOUT:g}s" if isinstance(exc, TimeoutError)
+                       else repr(exc))
+                self.problem = self.problem or f"minting the probe identity's token failed: {why}"
                 log.error("%s", self.problem)
                 delay = RETRY_SECONDS
             self.tried.set()

@@ -85,6 +85,10 @@ def _unbounded() -> float:
     return math.inf
 
 
+def _no_problem() -> str | None:
+    return None
+
+
 def default_identity() -> str:
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
@@ -138,7 +142,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     controller = Controller(settings=settings, inputs=inputs, probe=prober.probe_discovery, write=write,
                             metrics=metrics, record_event=recorder.record, silent=prober.silence.silent,
                             path=path_checker(settings, credentials, inputs, prober, prober_id),
-                            license=elector.license if elector is not None else _unbounded)
+                            license=elector.license if elector is not None else _unbounded,
+                            token_problem=prober_id.token_problem if prober_id is not None else _no_problem)
     health.problems = controller.problems
     watches = Watches(settings, {"controller": controller}, credentials, inputs, health, resync.Watched(),
                       on_start=lambda: take_signals_back())
