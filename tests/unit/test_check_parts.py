@@ -233,7 +233,32 @@ async def test_a_refused_write_defers_the_others_until_a_trial_lands() -> None:
     assert gate.sent == 1
     await asyncio.sleep(3)
     refuse = False
-    assert await gate.send(write) == "ok"  # the trial lands: open again
+    assert await gate.send(write) == "ok"  # the first after the backoff lands: two at a time now
+    assert gate.throttled
+    for _ in range(5):  # 2, 4, 8, 16, 32 ... 64: full pace after six in a row
+        assert await gate.send(write) == "ok"
     assert not gate.throttled
-    assert await gate.send(write) == "ok"
-    assert gate.sent == 3
+    assert gate.sent == 7
+
+
+@pytest.mark.looptime
+async def test_after_a_refusal_one_write_goes_at_a_time_and_the_others_are_deferred() -> None:
+    gate = WriteGate(rate=100, retry=RetryPolicy(rand=lambda: 0.0))
+
+    async def refused() -> str:
+        raise WriteFailed("HTTP 429")
+
+    async def slow() -> str:
+        await asyncio.sleep(1)
+        return "ok"
+
+    with pytest.raises(WriteFailed):
+        await gate.send(refused)
+    await asyncio.sleep(1)  # the backoff
+    first = asyncio.ensure_future(gate.send(slow))
+    await asyncio.sleep(0.1)
+    with pytest.raises(WriteDeferred):
+        await gate.send(slow)  # window 1, one in flight: not sent
+    assert await first == "ok"
+    results = await asyncio.gather(gate.send(slow), gate.send(slow))  # window 2 now
+    assert results == ["ok", "ok"] and gate.sent == 4

@@ -1,8 +1,10 @@
 """The pace of our status writes to kube-apiserver: at most --max-write-rate a second, and when
 kube-apiserver throttles or fails them (429 with Retry-After from API Priority and Fairness, 5xx, no
-answer) every write waits out one backoff (the retry policy, the hint honoured) and only one write
-at a time goes until one lands. Without it, 1,000 failing writes were each retried a second later:
-~1,000 requests a second at a kube-apiserver that had just said it was overloaded.
+answer) every write waits out one backoff (the retry policy, the hint honoured), then writes go one
+at a time again and the number in flight doubles with each that lands (TCP's slow start): a
+kube-apiserver that serves one of our writes at a time is asked about that many, not 64 at once the
+moment one lands. Without it, 1,000 failing writes were each retried a second later: ~1,000
+requests a second at a kube-apiserver that had just said it was overloaded.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from apiservice_operator.core.model import WriteDeferred, WriteFailed
+from apiservice_operator.core.model import WRITES_IN_FLIGHT, WriteDeferred, WriteFailed
 from apiservice_operator.core.retry import RetryPolicy
 
 T = TypeVar("T")
@@ -33,14 +35,16 @@ class WriteGate:
     license: Callable[[], float] = lambda: math.inf  # seconds this replica may still write (its Lease)
     _tokens: float | None = None
     _filled_at: float = 0.0
+    most: int = WRITES_IN_FLIGHT  # writes in flight at most, when kube-apiserver takes them
     _open_at: float = 0.0  # no write before this (a backoff after a refusal)
-    _trial: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _window: float = float(WRITES_IN_FLIGHT)  # writes in flight allowed now: 1 after a refusal, doubling
+    _in_flight: int = 0
     sent: int = 0  # write requests sent through the gate
     refused: int = 0  # of them, refused or unanswered
 
     @property
     def throttled(self) -> bool:
-        return self.retry.failures(KEY) > 0
+        return self._window < self.most
 
     async def send(self, write: Callable[[], Awaitable[T]]) -> T:
         """The write's result; WriteDeferred, without a request, while kube-apiserver throttles us and
@@ -52,14 +56,15 @@ class WriteGate:
             # the Lease was not renewed within its renew deadline: a standby may lead soon, and a write
             # from here could land after its first
             raise WriteDeferred("not writing: this replica's Lease is past its renew deadline")
-        if self.throttled:
-            wait = self._open_at - self.clock()
-            if wait > 0 or self._trial.locked():
-                raise WriteDeferred(f"kube-apiserver refuses status writes; the next try in {max(wait, 0):.1f}s",
-                                    retry_after=wait if wait > 0 else None)
-            async with self._trial:
-                return await self._attempt(write)
-        return await self._attempt(write)
+        wait = self._open_at - self.clock()
+        if wait > 0 or self._in_flight >= self._window:
+            raise WriteDeferred(f"kube-apiserver refuses status writes; the next try in {max(wait, 0):.1f}s",
+                                retry_after=wait if wait > 0 else None)
+        self._in_flight += 1
+        try:
+            return await self._attempt(write)
+        finally:
+            self._in_flight -= 1
 
     async def _attempt(self, write: Callable[[], Awaitable[T]]) -> T:
         self.sent += 1
@@ -70,14 +75,16 @@ class WriteGate:
         except Exception as exc:
             self.refused += 1
             if not self.throttled:
-                log.warning("status writes refused (%s): backing off, one write at a time until one lands", exc)
+                log.warning("status writes refused (%s): backing off, then one write at a time", exc)
             self.retry.failed(KEY, exc.retry_after if isinstance(exc, WriteFailed) else None)
             self._open_at = self.clock() + (self.retry.delay(KEY, MAX_BACKOFF) or 0.0)
+            self._window = 1.0
             raise
-        if self.throttled:
-            log.info("status writes land again")
         self.retry.succeeded(KEY)
-        self._open_at = 0.0
+        if self.throttled:
+            self._window = min(float(self.most), self._window * 2)
+            if not self.throttled:
+                log.info("status writes land again at full pace")
         return result
 
     async def _take_token(self) -> None:
