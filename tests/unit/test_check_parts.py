@@ -261,4 +261,4 @@ async def test_after_a_refusal_one_write_goes_at_a_time_and_the_others_are_defer
         await gate.send(slow)  # window 1, one in flight: not sent
     assert await first == "ok"
     results = await asyncio.gather(gate.send(slow), gate.send(slow))  # window 2 now
-    assert results == ["ok", "ok"] and gate.sent == 4
+    assert list(results) == ["ok", "ok"] and gate.sent == 4
