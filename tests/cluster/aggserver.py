@@ -83,6 +83,34 @@ def discovery_document(group: str, version: str) -> dict[str, Any]:
     }
 
 
+AGGREGATED_DISCOVERY = "g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+
+
+def aggregated_discovery(group: str, version: str) -> dict[str, Any]:
+    """The root /apis as aggregated discovery v2 (what kube-apiserver's discovery manager asks for)."""
+    return {
+        "kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {},
+        "items": [{"metadata": {"name": group}, "versions": [{
+            "version": version, "freshness": "Current",
+            "resources": [{"resource": "widgets", "singularResource": "widget", "scope": "Namespaced",
+                           "responseKind": {"group": group, "version": version, "kind": "Widget"},
+                           "verbs": ["get", "list"]}]}]}],
+    }
+
+
+def group_list(group: str, version: str) -> dict[str, Any]:
+    gv = {"groupVersion": f"{group}/{version}", "version": version}
+    return {"kind": "APIGroupList", "apiVersion": "v1",
+            "groups": [{"name": group, "versions": [gv], "preferredVersion": gv}]}
+
+
+def openapi_v2(group: str, version: str) -> dict[str, Any]:
+    """A minimal Swagger 2.0 document, which kube-apiserver converts into its /openapi/v3 entry."""
+    return {"swagger": "2.0", "info": {"title": f"{group} test server", "version": version}, "paths": {
+        f"/apis/{group}/{version}/": {"get": {"operationId": f"getAPIResources{version}",
+                                              "responses": {"200": {"description": "OK"}}}}}}
+
+
 class Server:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -150,7 +178,7 @@ class Server:
                     await self.send(writer, refusal[0], {"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                                          "code": refusal[0], "message": refusal[1]})
                     continue
-                keep_alive = await self.respond(writer, path, state)
+                keep_alive = await self.respond(writer, path, state, headers.get("accept", ""))
                 if not keep_alive:
                     return
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, OSError):
@@ -185,7 +213,7 @@ class Server:
                              f'"subjectaccessreviews" (asked for {user})')
         return None
 
-    async def respond(self, writer: asyncio.StreamWriter, path: str, state: dict[str, Any]) -> bool:
+    async def respond(self, writer: asyncio.StreamWriter, path: str, state: dict[str, Any], accept: str = "") -> bool:
         mode = state.get("mode", "healthy")
         delay = float(state.get("delay", 0))
         if delay:
@@ -201,6 +229,19 @@ class Server:
         if mode in HOSTILE_MODES and path == self.discovery_path:
             return await self.respond_hostile(writer, mode, path, state)
         if path != self.discovery_path:
+            # what a real extension server (k8s.io/apiserver) serves besides its group/version, and
+            # kube-apiserver reads for the clients' view (DESIGN 10): without them the group is
+            # missing from kube-apiserver's /openapi/v3 and served by the legacy discovery fallback
+            if path == "/apis" and self.args.group:
+                if AGGREGATED_DISCOVERY in accept:
+                    await self.send(writer, 200, aggregated_discovery(self.args.group, self.args.version),
+                                    content_type=f"application/json;{AGGREGATED_DISCOVERY}")
+                else:
+                    await self.send(writer, 200, group_list(self.args.group, self.args.version))
+                return True
+            if path == "/openapi/v2":
+                await self.send(writer, 200, openapi_v2(self.args.group, self.args.version))
+                return True
             await self.send(writer, 404, {"kind": "Status", "status": "Failure", "code": 404})
             return True
         if mode == "status":
@@ -327,9 +368,10 @@ class Server:
             return 200, [f"X-Flood-{i}: {'a' * 40}" for i in range(20_000)], self.document_bytes()
         raise AssertionError(mode)
 
-    async def send(self, writer: asyncio.StreamWriter, code: int, body_obj: Any) -> None:
+    async def send(self, writer: asyncio.StreamWriter, code: int, body_obj: Any,
+                   content_type: str = "application/json") -> None:
         body = json.dumps(body_obj).encode()
-        head = (f"HTTP/1.1 {code} {_REASONS.get(code, 'Status')}\r\nContent-Type: application/json\r\n"
+        head = (f"HTTP/1.1 {code} {_REASONS.get(code, 'Status')}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         writer.write(head + body)
         await writer.drain()
