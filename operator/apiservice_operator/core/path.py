@@ -83,6 +83,7 @@ class PathEvidence:
     identity_allowed: bool | None = None  # may kube-apiserver's RBAC let it read this path (None: not asked)
     kube_status: Status | None = None  # kube-apiserver's own Available on the APIService
     kube_message: str = ""
+    kube_since: str = ""  # its lastTransitionTime (RFC 3339)
 
 
 def resolve_instances(slices: Iterable[Obj], pick: Sequence[str] = ()) -> tuple[Target, ...]:

@@ -176,7 +176,7 @@ class PathChecker:
         _, _, via = self.targets()
         identity = f"{self.identity.namespace}/{self.identity.name}" if self.identity else ""
         return PathEvidence(via=via, results=results, identity=identity, identity_allowed=allowed,
-                            kube_status=kube[0], kube_message=kube[1])
+                            kube_status=kube[0], kube_message=kube[1], kube_since=kube_available_since(apiservice))
 
 
 def _signature(direct: Sequence[ProbeResult]) -> frozenset[tuple[Target, bool]]:
@@ -192,3 +192,11 @@ def kube_available(apiservice: Obj) -> tuple[Status | None, str]:
             except ValueError:
                 return None, ""
     return None, ""
+
+
+def kube_available_since(apiservice: Obj) -> str:
+    """When kube-apiserver's own Available last changed status (RFC 3339), "" when unknown."""
+    for cond in (apiservice.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Available":
+            return str(cond.get("lastTransitionTime") or "")
+    return ""

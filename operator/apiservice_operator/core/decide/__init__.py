@@ -17,6 +17,8 @@ from typing import Any
 
 from apiservice_operator.core import certs
 from apiservice_operator.core.blast import describe_blocked
+from apiservice_operator.core.clientview import ClientView
+from apiservice_operator.core.decide.clients import conclude_clients
 from apiservice_operator.core.decide.direct import conclude_direct
 from apiservice_operator.core.decide.userpath import conclude_path, list_path
 from apiservice_operator.core.decide.wording import (
@@ -73,13 +75,17 @@ def decide(
     path: PathEvidence | None = None,
     expiry_warning: float = DEFAULT_EXPIRY_WARNING,
     blocked: Sequence[str] = (),
+    clients: ClientView | None = None,
 ) -> tuple[Condition, Condition]:
     """Our (Available, Degraded) conditions. `now` is RFC 3339; time is never read here. Without
     `path` (the path probe off) the verdict rests on the endpoints alone. A certificate that ends
     within `expiry_warning` seconds makes an otherwise healthy API Degraded. `blocked`: the
-    Terminating namespaces whose deletion waits on this API's discovery (its blast radius)."""
+    Terminating namespaces whose deletion waits on this API's discovery (its blast radius). `clients`:
+    the group/version in each kube-apiserver instance's aggregated discovery (the clients' view)."""
     before = {c.type: c for c in previous}
     available, degraded = _conclude(resolution, probes, budget, before, types, path)
+    if clients is not None:
+        available, degraded = conclude_clients(available, degraded, clients, path.kube_since if path else "", now)
     if resolution.plan is not None and available.status is Status.TRUE:
         degraded = _watch_certificates(resolution.plan, probes, degraded, now, expiry_warning)
     radius = describe_blocked(blocked)
