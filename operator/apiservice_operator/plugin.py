@@ -207,6 +207,12 @@ def render_explain(report: dict[str, Any]) -> str:
             lines.append(f"  {i['instance']}  {i['outcome']}  {_seconds(i['seconds'])}  {i['detail']}")
         if not report["instances"]:
             lines.append("  no kube-apiserver instance known")
+    if report.get("clientsView"):
+        lines.append("What clients read (each instance's aggregated discovery, GET /apis v2):")
+        for v in report["clientsView"]:
+            state = v["freshness"] or f"not read ({v['detail']})"
+            lines.append(f"  {v['instance']}: {state}" + (f", resources {', '.join(v['resources'])}"
+                                                          if v["resources"] else ""))
     kube = report["kubeApiserver"]
     lines.append(f"kube-apiserver's own Available: {kube['status'] or '<none>'}"
                  + (f": {kube['message']}" if kube.get("message") else ""))

@@ -233,6 +233,20 @@ class Server:
             # kube-apiserver reads for the clients' view (DESIGN 10): without them the group is
             # missing from kube-apiserver's /openapi/v3 and served by the legacy discovery fallback
             if path == "/apis" and self.args.group:
+                # {"apis": "status", "apis_status": 503} | {"apis": "delay", "apis_delay": 7} |
+                # {"apis": "without-group"}: root /apis misbehaves while the group/version is served
+                apis = state.get("apis")
+                if apis == "status":
+                    code = int(state.get("apis_status", 503))
+                    await self.send(writer, code, {"kind": "Status", "status": "Failure", "code": code})
+                    return True
+                if apis == "delay":
+                    await asyncio.sleep(float(state.get("apis_delay", 7)))
+                if apis == "without-group" and AGGREGATED_DISCOVERY in accept:
+                    document = aggregated_discovery(self.args.group, self.args.version)
+                    document["items"] = []
+                    await self.send(writer, 200, document, content_type=f"application/json;{AGGREGATED_DISCOVERY}")
+                    return True
                 if AGGREGATED_DISCOVERY in accept:
                     await self.send(writer, 200, aggregated_discovery(self.args.group, self.args.version),
                                     content_type=f"application/json;{AGGREGATED_DISCOVERY}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from apiservice_operator.check.cadence import Cadence
 from apiservice_operator.check.memory import Sweep, Written
 from apiservice_operator.check.metrics import Metrics
-from apiservice_operator.check.pipeline import Inputs, Outcome, Pipeline, ProbeFn
+from apiservice_operator.check.pipeline import ClientsReader, Inputs, Outcome, Pipeline, ProbeFn
 from apiservice_operator.check.schedule import ProbeQueue
 from apiservice_operator.check.sharing import EndpointSharing
 from apiservice_operator.check.writegate import WriteGate
@@ -75,6 +75,7 @@ class Controller:
     path: PathChecker | None = None  # None: the path probe is off, the endpoints alone decide
     # whether an endpoint has answered nothing for a whole budget (the prober's silence.py)
     silent: Callable[[Target], bool] | None = None
+    clients: ClientsReader | None = None  # each instance's aggregated discovery (the clients' view)
     stats: Stats = field(default_factory=Stats)
     problems: dict[str, str] = field(default_factory=dict)  # what keeps us from working, for /readyz
     # failed checks (not Available=True) and failed writes are re-tried sooner than the interval (1 s,
@@ -93,7 +94,8 @@ class Controller:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self.pipeline = Pipeline(self.settings, self.inputs, self.probe, self.path, lambda: self.now(),
                                  self.silent, slots=asyncio.Semaphore(self.settings.concurrency),
-                                 on_probe=self._probing, token_problem=lambda: self.token_problem())
+                                 on_probe=self._probing, token_problem=lambda: self.token_problem(),
+                                 clients=self.clients)
         self.cadence = Cadence(self.settings)
         self.sharing = EndpointSharing()
         self.written = Written()

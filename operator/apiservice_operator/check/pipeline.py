@@ -26,6 +26,7 @@ from typing import Protocol
 
 from apiservice_operator.check.pacing import Pacing
 from apiservice_operator.core.blast import group_version
+from apiservice_operator.core.clientview import ClientView
 from apiservice_operator.core.decide import decide, our_conditions
 from apiservice_operator.core.model import (
     Condition,
@@ -56,6 +57,13 @@ def _check_failed(name: str, exc: Exception) -> Resolution:
         Status.UNKNOWN, CHECK_FAILED,
         f"the check itself failed ({type(exc).__name__}: {str(exc)[:300]}); retried with backoff, and the "
         "operator's log has the details"))
+
+
+class ClientsReader(Protocol):
+    """Reads each instance's aggregated discovery (probing/clientview.ClientViewReader)."""
+
+    async def view(self, instances: Sequence[Target], server_name: str, group_version: str,
+                   own_resources: Sequence[str]) -> ClientView: ...
 
 
 class Inputs(Protocol):
@@ -103,6 +111,7 @@ class Evidence:
     path: PathEvidence | None = None
     handshakes: tuple[Handshake, ...] = ()  # traced only, in the plan's target order
     via_path: bool = False  # the path through kube-apiserver was part of this check
+    clients: ClientView | None = None  # the group/version in each instance's aggregated discovery
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,7 @@ class Pipeline:
     pacing: Pacing = field(default_factory=Pacing)
     slots: asyncio.Semaphore | None = None  # the live run's probe slots (--concurrency)
     on_probe: Callable[[], None] | None = None  # the live run has a slot and sends its probes
+    clients: ClientsReader | None = None  # the clients' view; None: not read
     # why the probes go without the probe identity's token, when they do (its renewal failed)
     token_problem: Callable[[], str | None] = lambda: None
 
@@ -156,6 +166,10 @@ class Pipeline:
                 apiservice = fresher
                 if self.path is not None and evidence.via_path:
                     evidence.path = await self.path.evidence(apiservice, plan, evidence.through)
+                    if self.clients is not None:
+                        instances, server_name, _ = self.path.targets()
+                        own = sorted({name for p in evidence.probes if p.ok for name in p.resources})
+                        evidence.clients = await self.clients.view(instances, server_name, plan.group_version, own)
             except Exception as exc:
                 # every check ends in a verdict: one that cannot gather its evidence says so, rather
                 # than leave the last verdict standing while it retries
@@ -175,7 +189,7 @@ class Pipeline:
                 blocked: list[str]) -> tuple[Condition, Condition]:
         s = self.settings
         available, degraded = decide(resolution, evidence.probes, previous, self.now(), s.types, s.probe_timeout,
-                                     evidence.path, s.cert_expiry_warning * 86400, blocked)
+                                     evidence.path, s.cert_expiry_warning * 86400, blocked, evidence.clients)
         problem = self.token_problem() if available.reason == PROBE_UNAUTHORIZED else None
         if problem:
             # refused because we sent no token: our fault, not the server's, and the verdict says so

@@ -106,6 +106,7 @@ class ProbeResult:
     status_code: int | None = None  # the HTTP status, where an answer came
     body: str = ""  # the start of a non-2xx answer's body: whoever refused says why there
     served: tuple[Certificate, ...] = ()  # what the server presented, where the handshake verified
+    resources: tuple[str, ...] = ()  # a passing document's top-level resource names (the clients' view)
 
     def describe(self) -> str:
         return f"{self.target.endpoint}: {self.detail}"

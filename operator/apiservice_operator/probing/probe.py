@@ -12,7 +12,7 @@ import logging
 import ssl
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 
@@ -83,17 +83,25 @@ def _classify(exc: BaseException) -> tuple[ErrorKind, str]:
 
 def validate_document(body: bytes, group_version: str) -> str | None:
     """None when the body is the APIResourceList for group_version; otherwise what is wrong."""
+    return read_document(body, group_version)[0]
+
+
+def read_document(body: bytes, group_version: str) -> tuple[str | None, tuple[str, ...]]:
+    """(what is wrong, or None; the top-level resource names the document lists)."""
     try:
         document = boundedjson.loads(body)
     except boundedjson.DocumentError as exc:
-        return f"InvalidDiscoveryDocument: {exc}"
+        return f"InvalidDiscoveryDocument: {exc}", ()
     if not isinstance(document, dict) or document.get("kind") != "APIResourceList":
         kind = document.get("kind") if isinstance(document, dict) else type(document).__name__
-        return f"InvalidDiscoveryDocument: kind is {kind!r}, not 'APIResourceList'"
+        return f"InvalidDiscoveryDocument: kind is {kind!r}, not 'APIResourceList'", ()
     if document.get("groupVersion") != group_version:
         return (f"InvalidDiscoveryDocument: groupVersion is {document.get('groupVersion')!r}, "
-                f"not {group_version!r}")
-    return None
+                f"not {group_version!r}"), ()
+    resources = document.get("resources")
+    names = tuple(sorted({str(r["name"]) for r in resources if isinstance(r, dict) and isinstance(r.get("name"), str)
+                          and "/" not in r["name"]})) if isinstance(resources, list) else ()
+    return None, names
 
 
 def _served(response: httpx.Response) -> tuple[Certificate, ...]:
@@ -282,8 +290,10 @@ class Prober:
                                           f"InvalidDiscoveryDocument: body larger than {self.max_body} bytes")
                 finally:
                     await response.aclose()
-            problem = validate_document(bytes(body), plan.group_version)
-            return result(ErrorKind.INVALID_DOCUMENT, problem, code) if problem else result(None, "", code)
+            problem, names = read_document(bytes(body), plan.group_version)
+            if problem:
+                return result(ErrorKind.INVALID_DOCUMENT, problem, code)
+            return replace(result(None, "", code), resources=names)
         except TimeoutError:
             return result(ErrorKind.TIMEOUT, f"timeout: no complete answer within {self.budget:g}s")
         except httpx.HTTPError as exc:

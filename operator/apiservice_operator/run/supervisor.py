@@ -28,6 +28,7 @@ from apiservice_operator.kube.events import EventRecorder
 from apiservice_operator.kube.identity import ProbeIdentity
 from apiservice_operator.kube.leader import LeaderElector
 from apiservice_operator.kube.permissions import Permission, missing_permissions, needed
+from apiservice_operator.probing.clientview import ClientViewReader
 from apiservice_operator.probing.pathcheck import ClusterAccess, PathChecker, effective_mode
 from apiservice_operator.probing.probe import Prober, inspect_tls
 from apiservice_operator.run import heap
@@ -135,13 +136,17 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             lease_duration=settings.lease_duration, renew_deadline=renew_deadline(settings),
             retry_period=max(0.5, settings.lease_duration / 7.5))
     within = write_deadline(settings)
+    checker = path_checker(settings, credentials, inputs, prober, prober_id)
+    # the clients' view: each instance's aggregated discovery, read as the probe identity
+    token = prober_id.token if prober_id is not None else _no_problem
+    clients = ClientViewReader(checker.access.ca, token, settings.probe_timeout) if checker is not None else None
 
     async def write(name: str, conditions: Sequence[Condition]) -> bool:
         return await write_conditions(credentials, name, conditions, within=within)
 
     controller = Controller(settings=settings, inputs=inputs, probe=prober.probe_discovery, write=write,
                             metrics=metrics, record_event=recorder.record, silent=prober.silence.silent,
-                            path=path_checker(settings, credentials, inputs, prober, prober_id),
+                            path=checker, clients=clients,
                             license=elector.license if elector is not None else _unbounded,
                             token_problem=prober_id.token_problem if prober_id is not None else _no_problem)
     health.problems = controller.problems
@@ -158,6 +163,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     kopf_stop = asyncio.Event()
     # the controller's pipeline, traced: every request sent, each handshake looked at, nothing remembered
     traced = Pipeline(settings, inputs, prober.probe_discovery, controller.path, utc_now, prober.silence.silent,
+                      clients=clients,
                       probe_every=prober.probe_every, inspect=inspect_tls)
 
     async def explain_one(name: str) -> dict[str, Any] | None:
@@ -236,6 +242,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         for server in servers:
             await server.cleanup()
         await prober.aclose()
+        if clients is not None:
+            await clients.aclose()
         await credentials.close()
 
 

@@ -59,7 +59,10 @@ def fix_for(available: Condition, degraded: Condition, plan: ProbePlan | None,
         "FrontProxyNotTrusted": "give the server kube-apiserver's front-proxy CA as its requestheader client CA (it "
                                 "reads it from the extension-apiserver-authentication ConfigMap in kube-system)",
         "ProbeUnauthorized": "let authenticated users get discovery paths again (the system:discovery binding)",
-        "AwaitingKubeAPIServer": "nothing yet: kube-apiserver re-checks within seconds; explain again",
+        "AwaitingKubeAPIServer": "nothing yet: kube-apiserver re-checks within seconds (its discovery within a "
+                                 "minute); explain again",
+        "DiscoveryStale": "make the server answer its root /apis with aggregated discovery (v2) within 5 s, "
+                          "listing this group/version; kube-apiserver then refreshes within a minute",
         "CheckFailed": "the operator could not finish its own check: its log names the error (and a bug report "
                        "with it is welcome); it retries with backoff",
     }
@@ -71,6 +74,8 @@ def fix_for(available: Condition, degraded: Condition, plan: ProbePlan | None,
             "PartialFailure": "look at the failing endpoints' Pods",
             "SlowDiscovery": "the server answers slowly: look at its load",
             "DirectProbeFailed": "the operator cannot reach the Pods directly (a NetworkPolicy?); users are served",
+            "DiscoveryStale": "the named instances cannot refresh this group/version's discovery from the server's "
+                              "root /apis: look at the server's answer there and at those instances' logs",
         }.get(degraded.reason, "")
     return fix
 
@@ -112,6 +117,10 @@ async def explain(name: str, pipeline: Pipeline) -> dict[str, Any] | None:
         report["instances"] = [{"instance": r.instance.endpoint, "outcome": str(r.outcome), "detail": r.detail,
                                 "seconds": round(r.latency, 4)} for r in evidence.through]
         report["instancesVia"] = evidence.path.via if evidence.path else "off (--path-probe=off)"
+        # what clients read: the group/version in each instance's aggregated discovery
+        report["clientsView"] = [{"instance": v.instance.endpoint, "freshness": v.freshness and str(v.freshness),
+                                  "resources": list(v.resources), "detail": v.detail}
+                                 for v in (evidence.clients.instances if evidence.clients else ())]
     kube = kube_available(outcome.apiservice)
     report["kubeApiserver"] = {"status": str(kube[0]) if kube[0] else None, "message": kube[1]}
     report["current"] = [c.to_api() for c in outcome.previous]
