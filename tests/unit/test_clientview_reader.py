@@ -1,0 +1,52 @@
+"""The clients'-view reader against a real TLS server standing in for a kube-apiserver instance."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from apiservice_operator.core.clientview import Freshness
+from apiservice_operator.core.model import Target
+from apiservice_operator.probing.clientview import ClientViewReader
+from tests.unit.test_probe import CA, SERVICE_NAME, TLSFactory, tls_server  # noqa: F401 - the fixture
+from tests.unit.tls_server import Answer
+
+V2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+DOCUMENT = json.dumps({"kind": "APIGroupDiscoveryList", "items": [
+    {"metadata": {"name": "demo.example.com"}, "versions": [
+        {"version": "v1", "resources": [{"resource": "widgets"}]},
+        {"version": "v2", "freshness": "Stale", "resources": []}]}]}).encode()
+
+
+def reader() -> ClientViewReader:
+    return ClientViewReader(CA.cert_pem, lambda: "probe-token", 2.0)
+
+
+async def test_each_instance_is_read_once_for_every_check_within_max_age(tls_server: TLSFactory) -> None:  # noqa: F811
+    server = tls_server(Answer(body=DOCUMENT, headers=(("Content-Type", V2),)))
+    instance = Target("127.0.0.1", server.port)
+    clients = reader()
+    try:
+        views = await asyncio.gather(*(clients.view([instance], SERVICE_NAME, "demo.example.com/v1", ["widgets"])
+                                       for _ in range(10)))
+        stale = await clients.view([instance], SERVICE_NAME, "demo.example.com/v2", [])
+    finally:
+        await clients.aclose()
+    assert {v.instances[0].freshness for v in views} == {Freshness.CURRENT}
+    assert stale.instances[0].freshness is Freshness.STALE
+    assert clients.reads == 1 and len(server.record.requests) == 1
+    sent = server.record.requests[0]
+    assert sent["authorization"] == "Bearer probe-token" and "as=APIGroupDiscoveryList" in sent["accept"]
+
+
+async def test_an_answer_that_is_not_aggregated_discovery_is_no_evidence(tls_server: TLSFactory) -> None:  # noqa: F811
+    for answer in (Answer(body=b'{"kind": "APIGroupList"}'), Answer(status=503, body=b"{}"),
+                   Answer(body=b"[" * 5000, headers=(("Content-Type", V2),))):
+        server = tls_server(answer)
+        clients = reader()
+        try:
+            view = await clients.view([Target("127.0.0.1", server.port)], SERVICE_NAME, "demo.example.com/v1", [])
+        finally:
+            await clients.aclose()
+        assert view.instances[0].freshness is None and view.read() == (), view
+        assert view.instances[0].detail
