@@ -1008,25 +1008,27 @@ def test_the_token_goes_only_over_verified_tls_never_with_insecure_skip_or_to_a_
                      "handshakes, no request after any")
 
 
-def _listening_ports(pid: int) -> set[int]:
-    """TCP ports in LISTEN state whose socket the process holds (its fds against /proc/net/tcp{,6})."""
+def _listening_ports(pid: int) -> dict[int, str]:
+    """TCP ports in LISTEN state whose socket the process holds (its fds against /proc/net/tcp{,6}),
+    each with the address it is bound to (hex, as /proc says it: 0100007F is 127.0.0.1, 00000000 any)."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(OSError):
             target = os.readlink(fd)
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
-    ports = set()
+    ports = {}
     for table in ("tcp", "tcp6"):
         for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
             fields = line.split()
             if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+                address, port = fields[1].rsplit(":", 1)
+                ports[int(port, 16)] = address
     return ports
 
 
 def test_the_operator_port_serves_only_metrics_healthz_readyz_and_nothing_else_listens(
-    op: OperatorProcess, operator_port: int,
+    op: OperatorProcess, operator_port: int, explain_port: int,
 ) -> None:
     base = f"http://127.0.0.1:{operator_port}"
     with injected("security: the operator's own port", op, bad_input=True) as notes:
@@ -1042,8 +1044,10 @@ def test_the_operator_port_serves_only_metrics_healthz_readyz_and_nothing_else_l
                 response = httpx.request(method, base + path, timeout=5)
                 assert response.status_code in (404, 405), (method, path, response.status_code)
         ports = _listening_ports(pid_of(op))
-        assert ports == {operator_port}, f"the operator listens on {sorted(ports)}, not only {operator_port}"
-        notes.append(f"{len(others)} other paths 404; listening: {sorted(ports)}")
+        # the metrics port on every address; explain on the loopback only (a port-forward reaches it)
+        assert set(ports) == {operator_port, explain_port}, f"the operator listens on {ports}"
+        assert ports[explain_port] == "0100007F", f"explain is bound to {ports[explain_port]}, not 127.0.0.1"
+        notes.append(f"{len(others)} other paths 404; listening: {sorted(ports)} (explain on 127.0.0.1 only)")
 
 
 @pytest.mark.slow

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 import httpx
 
 from apiservice_operator.core import boundedjson
-from apiservice_operator.core.clientview import V2_ACCEPT, ClientView, InstanceView, freshness_of, group_versions
+from apiservice_operator.core.clientview import (
+    V2_ACCEPT,
+    ClientView,
+    Freshness,
+    InstanceView,
+    freshness_of,
+    group_versions,
+)
 from apiservice_operator.core.model import ProbePlan, Target
 from apiservice_operator.probing import pool
 from apiservice_operator.probing.probe import USER_AGENT, ssl_context_for
@@ -28,6 +35,7 @@ from apiservice_operator.probing.shared import SharedRead
 ACCEPT = f"{V2_ACCEPT};profile=nopeer, {V2_ACCEPT}"
 MAX_BODY = 32 << 20  # bytes of /apis at most
 MAX_AGE = 5.0  # seconds a read serves every check that asks for it
+RECHECK_AGE = 0.5  # seconds: a read older than this is asked again before a group/version is judged not Current
 
 Listed = dict[str, tuple[str, tuple[str, ...]]]
 
@@ -55,23 +63,34 @@ class ClientViewReader:
 
     async def view(self, instances: Sequence[Target], server_name: str, group_version: str,
                    own_resources: Sequence[str]) -> ClientView:
-        reads = await asyncio.gather(*(self._read(i, server_name) for i in instances))
-        views = []
-        for instance, read in zip(instances, reads, strict=True):
-            if read.listed is None:
-                views.append(InstanceView(instance, None, (), read.detail))
-            else:
-                freshness, names = freshness_of(read.listed, group_version, own_resources)
-                views.append(InstanceView(instance, freshness, names))
+        views = await asyncio.gather(*(self._view(i, server_name, group_version, own_resources) for i in instances))
         return ClientView(tuple(views))
 
-    async def _read(self, instance: Target, server_name: str) -> _Read:
+    async def _view(self, instance: Target, server_name: str, group_version: str,
+                    own_resources: Sequence[str]) -> InstanceView:
+        read = await self._read(instance, server_name, self.max_age)
+        view = self._judge(instance, read, group_version, own_resources)
+        if view.freshness is not Freshness.CURRENT and self.clock() - read.at > RECHECK_AGE:
+            # a shared read may predate this APIService (kube-apiserver lists a new one at once) or its
+            # repair: before saying it is not Current, ask again (still one request per instance at a time)
+            read = await self._read(instance, server_name, RECHECK_AGE)
+            view = self._judge(instance, read, group_version, own_resources)
+        return view
+
+    @staticmethod
+    def _judge(instance: Target, read: _Read, group_version: str, own_resources: Sequence[str]) -> InstanceView:
+        if read.listed is None:
+            return InstanceView(instance, None, (), read.detail)
+        freshness, names = freshness_of(read.listed, group_version, own_resources)
+        return InstanceView(instance, freshness, names)
+
+    async def _read(self, instance: Target, server_name: str, max_age: float) -> _Read:
         last = self._last.get(instance)
         now = self.clock()
-        if last is not None and now - last.at < self.max_age:
+        if last is not None and now - last.at < max_age:
             return last
         shared = self._shared.setdefault(instance, SharedRead(clock=self.clock))
-        reading = shared.read(instance, now - self.max_age, lambda: self._fetch(instance, server_name))
+        reading = shared.read(instance, now - max_age, lambda: self._fetch(instance, server_name))
         return await asyncio.shield(reading)
 
     async def _fetch(self, instance: Target, server_name: str) -> _Read:

@@ -17,7 +17,7 @@ _CONSEQUENCE = ("kubectl cannot find its resources (\"the server doesn't have a 
                 "garbage collection stall")
 _FIX = ("kube-apiserver fills its aggregated discovery from the server's root /apis (Accept "
         "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList) within 5 s: a 503 or no answer "
-        "there makes it Stale, a v2 document without this group/version leaves it out")
+        "there makes it Stale, a v2 document without this group/version leaves it listed without resources")
 _WORDS = {
     Freshness.STALE: "Stale",
     Freshness.MISSING: "missing",
