@@ -168,7 +168,7 @@ class Pipeline:
                     evidence.path = await self.path.evidence(apiservice, plan, evidence.through)
                     if self.clients is not None:
                         instances, server_name, _ = self.path.targets()
-                        own = sorted({name for p in evidence.probes if p.ok for name in p.resources})
+                        own = sorted({r for p in evidence.probes if p.ok for r in p.resources})
                         evidence.clients = await self.clients.view(instances, server_name, plan.group_version, own)
             except Exception as exc:
                 # every check ends in a verdict: one that cannot gather its evidence says so, rather
