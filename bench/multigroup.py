@@ -14,7 +14,12 @@ _PATH = re.compile(r"^/apis/([^/]+)/([^/?]+)")
 
 
 class MultiGroupServer(Server):
-    async def respond(self, writer: asyncio.StreamWriter, path: str, state: dict[str, Any]) -> bool:
+    async def respond(self, writer: asyncio.StreamWriter, path: str, state: dict[str, Any], accept: str = "") -> bool:
+        if path.split("?", 1)[0] == "/apis":
+            # it serves any group, so it cannot list them: a 404 here makes kube-apiserver fall back to
+            # each group/version's own document, which keeps them Current in its aggregated discovery
+            await self.send(writer, 404, {"kind": "Status", "status": "Failure", "code": 404})
+            return True
         match = _PATH.match(path)
         mode = state.get("mode", "healthy")
         if match and not state.get("delay"):
@@ -26,7 +31,7 @@ class MultiGroupServer(Server):
                 code = int(state.get("status", 500))
                 await self.send(writer, code, {"kind": "Status", "status": "Failure", "code": code})
                 return True
-        return await super().respond(writer, path, state)
+        return await super().respond(writer, path, state, accept)
 
 
 def main() -> None:
