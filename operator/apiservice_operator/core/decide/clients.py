@@ -40,6 +40,11 @@ def conclude_clients(available: Verdict, degraded: Verdict, view: ClientView, si
     bad = [v for v in read if v.freshness is not Freshness.CURRENT]
     if not bad:
         return available, degraded
+    if degraded.status is Status.TRUE and degraded.reason in ("InstanceUnreachable", "InstanceFailing"):
+        # an instance both cut and stale: the path is the hop that comes first, and it holds still
+        # while kube-apiserver's own Available flips as its instances overwrite it (kubernetes#111890),
+        # which would otherwise restart the grace below at every flip
+        return available, degraded
     if _within_grace(since, now):
         return (Verdict(Status.UNKNOWN, AWAITING,
                         f"{available.message}; kube-apiserver's aggregated discovery has not caught up yet "
@@ -51,8 +56,6 @@ def conclude_clients(available: Verdict, degraded: Verdict, view: ClientView, si
                         f"served, but clients cannot use it: kube-apiserver's aggregated discovery (what kubectl "
                         f"and controllers read) has it {_list(bad)}, on {where}: {_CONSEQUENCE}. {_FIX}"),
                 Verdict(Status.FALSE, "Unavailable", f"not available: {DISCOVERY_STALE}"))
-    if degraded.status is Status.TRUE and degraded.reason in ("InstanceUnreachable", "InstanceFailing"):
-        return available, degraded  # an instance both cut and stale: the path is the hop that comes first
     return available, Verdict(
         Status.TRUE, DISCOVERY_STALE,
         f"the aggregated discovery of {where} has it {_list(bad)}: clients of those instances cannot use it "
