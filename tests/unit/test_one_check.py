@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from apiservice_operator.check.controller import Controller
-from apiservice_operator.check.pipeline import Pipeline
 from apiservice_operator.core.model import Condition, Handshake, Obj, ProbePlan, ProbeResult, Status, Target
 from apiservice_operator.core.path import KUBERNETES_SERVICE
 from apiservice_operator.core.settings import Settings
@@ -49,8 +48,7 @@ async def both(world: World, name: str, probe: Any, path: PathChecker | None) ->
     settings = Settings()
     controller = Controller(settings, world, probe, write, now=lambda: table.NOW, path=path)
     await controller.check(name)
-    traced = Pipeline(settings, world, probe, path, lambda: table.NOW, probe_every=probe, inspect=no_handshake)
-    report = await explain(name, traced)
+    report = await explain(name, controller.pipeline.traced(probe, no_handshake))
     assert report is not None and len(written) == 1
     return [c.to_api() for c in written[0]], report["verdict"]
 

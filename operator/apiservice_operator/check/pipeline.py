@@ -197,6 +197,11 @@ class Pipeline:
                                                     f"{available.message}")
         return available, degraded
 
+    def traced(self, probe_every: ProbeFn, inspect: Inspect) -> Pipeline:
+        """This pipeline for explain: the same inputs, hops and verdict, every request sent and each
+        handshake looked at; no probe slots taken, no probes counted."""
+        return replace(self, probe_every=probe_every, inspect=inspect, slots=None, on_probe=None)
+
     def forget(self, name: str) -> None:
         self.pacing.forget(name)
         if self.path is not None:

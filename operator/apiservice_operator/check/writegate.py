@@ -47,10 +47,10 @@ class WriteGate:
         return self._window < self.most
 
     async def send(self, write: Callable[[], Awaitable[T]]) -> T:
-        """The write's result; WriteDeferred, without a request, while kube-apiserver throttles us and
-        either the backoff has not passed or another write is the trial. The caller's check ends
-        there instead of holding its APIService (its probes keep their pace, the verdict is
-        recomputed when the write can go)."""
+        """The write's result; WriteDeferred, without a request, while this replica may not write (its
+        Lease), the backoff after a refusal has not passed, or the writes allowed in flight are
+        under way. The caller's check ends there instead of holding its APIService (its probes keep
+        their pace, the verdict is recomputed when the write can go)."""
         await self._take_token()
         if self.license() <= 0:
             # the Lease was not renewed within its renew deadline: a standby may lead soon, and a write

@@ -41,7 +41,7 @@ from apiservice_operator.probing import pool
 # Every request to kube-apiserver has a deadline (kubernetes_asyncio's default has none at all: a call
 # on a frozen connection waited forever, a Lease renewal among them).
 API_TIMEOUT = 10.0
-# a status write's whole deadline where no Lease bounds it tighter (supervisor.write_timeout)
+# a status write's whole deadline where no Lease bounds it tighter (run/supervisor.write_deadline)
 WRITE_TIMEOUT = 10.0
 
 log = logging.getLogger(__name__)

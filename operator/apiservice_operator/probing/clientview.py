@@ -63,6 +63,7 @@ class ClientViewReader:
 
     async def view(self, instances: Sequence[Target], server_name: str, group_version: str,
                    own_resources: Sequence[str]) -> ClientView:
+        self._forget_all_but(instances)
         views = await asyncio.gather(*(self._view(i, server_name, group_version, own_resources) for i in instances))
         return ClientView(tuple(views))
 
@@ -143,7 +144,8 @@ class ClientViewReader:
                 transport=transport, follow_redirects=False, trust_env=False, timeout=httpx.Timeout(self.budget))
         return client
 
-    def forget_instances_but(self, instances: Sequence[Target]) -> None:
+    def _forget_all_but(self, instances: Sequence[Target]) -> None:
+        """Instances that left (a rollout's old addresses) take their cached reads with them."""
         for gone in set(self._last) - set(instances):
             self._last.pop(gone, None)
             self._shared.pop(gone, None)

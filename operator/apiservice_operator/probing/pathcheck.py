@@ -185,18 +185,21 @@ def _signature(direct: Sequence[ProbeResult]) -> frozenset[tuple[Target, bool]]:
 
 def kube_available(apiservice: Obj) -> tuple[Status | None, str]:
     """kube-apiserver's own Available condition: evidence to quote, never something we write."""
-    for cond in (apiservice.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Available":
-            try:
-                return Status(cond.get("status")), str(cond.get("message") or "")
-            except ValueError:
-                return None, ""
-    return None, ""
+    cond = _kube_condition(apiservice)
+    if cond is None:
+        return None, ""
+    try:
+        return Status(str(cond.get("status"))), str(cond.get("message") or "")
+    except ValueError:
+        return None, ""
 
 
 def kube_available_since(apiservice: Obj) -> str:
     """When kube-apiserver's own Available last changed status (RFC 3339), "" when unknown."""
-    for cond in (apiservice.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Available":
-            return str(cond.get("lastTransitionTime") or "")
-    return ""
+    cond = _kube_condition(apiservice)
+    return str(cond.get("lastTransitionTime") or "") if cond is not None else ""
+
+
+def _kube_condition(apiservice: Obj) -> Obj | None:
+    return next((c for c in (apiservice.get("status") or {}).get("conditions") or []
+                 if c.get("type") == "Available"), None)

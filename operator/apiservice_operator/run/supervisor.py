@@ -16,9 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from apiservice_operator.check.controller import Controller, utc_now
+from apiservice_operator.check.controller import Controller
 from apiservice_operator.check.metrics import Metrics
-from apiservice_operator.check.pipeline import Pipeline
 from apiservice_operator.core.model import Condition
 from apiservice_operator.core.path import PathProbeMode
 from apiservice_operator.core.settings import Settings
@@ -86,7 +85,7 @@ def _unbounded() -> float:
     return math.inf
 
 
-def _no_problem() -> str | None:
+def _nothing() -> str | None:
     return None
 
 
@@ -123,8 +122,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     prober_id = make_probe_identity(settings, credentials)
     # the operator's own token never leaves for an aggregated server: only the probe identity's
     metrics = Metrics()
-    prober = Prober(settings.probe_timeout, prober_id.token if prober_id else lambda: None,
-                    on_connection=metrics.probe_connections.inc)
+    token = prober_id.token if prober_id is not None else _nothing
+    prober = Prober(settings.probe_timeout, token, on_connection=metrics.probe_connections.inc)
     inputs = IndexInputs()
     health = HealthState(leader_election=settings.leader_election)
     recorder = EventRecorder(credentials, settings.events_namespace, holder)
@@ -138,7 +137,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     within = write_deadline(settings)
     checker = path_checker(settings, credentials, inputs, prober, prober_id)
     # the clients' view: each instance's aggregated discovery, read as the probe identity
-    token = prober_id.token if prober_id is not None else _no_problem
     clients = ClientViewReader(checker.access.ca, token, settings.probe_timeout) if checker is not None else None
 
     async def write(name: str, conditions: Sequence[Condition]) -> bool:
@@ -148,7 +146,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                             metrics=metrics, record_event=recorder.record, silent=prober.silence.silent,
                             path=checker, clients=clients,
                             license=elector.license if elector is not None else _unbounded,
-                            token_problem=prober_id.token_problem if prober_id is not None else _no_problem)
+                            token_problem=prober_id.token_problem if prober_id is not None else _nothing)
     health.problems = controller.problems
     watches = Watches(settings, {"controller": controller}, credentials, inputs, health, resync.Watched(),
                       on_start=lambda: take_signals_back())
@@ -161,10 +159,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # kopf waits up to 5 s for any task spawned after its start (our checks among them) before it
     # exits: so on SIGTERM our own loop stops first, the Lease is released, then kopf is told.
     kopf_stop = asyncio.Event()
-    # the controller's pipeline, traced: every request sent, each handshake looked at, nothing remembered
-    traced = Pipeline(settings, inputs, prober.probe_discovery, controller.path, utc_now, prober.silence.silent,
-                      clients=clients,
-                      probe_every=prober.probe_every, inspect=inspect_tls)
+    # the controller's own pipeline, traced (a copy built here by hand lacked the token problem's words)
+    traced = controller.pipeline.traced(prober.probe_every, inspect_tls)
 
     async def explain_one(name: str) -> dict[str, Any] | None:
         return await explain(name, traced)
