@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,6 +115,31 @@ def operator(
         code = proc.stop()
         if request.session.testsfailed > failed_before or code not in (0, None):
             print(f"\n===== operator log (exit {code}) =====\n{proc.logs()[-20000:]}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """A failing test that used the session operator carries what the operator logged meanwhile (its
+    INFO and above, and every line naming the test's namespace): a CI log shows the failure's own
+    section, while the session's whole log comes only at its end and is often cut."""
+    outcome = yield
+    report = outcome.get_result()
+    funcargs = getattr(item, "funcargs", {})
+    proc = funcargs.get("operator")
+    if not isinstance(proc, OperatorProcess):
+        return
+    if call.when == "setup":
+        item.stash[_LOG_START] = proc.log_path.stat().st_size if proc.log_path.exists() else 0
+    elif call.when == "call" and report.failed:
+        with proc.log_path.open("rb") as f:
+            f.seek(item.stash.get(_LOG_START, 0))
+            lines = f.read().decode(errors="replace").splitlines()
+        namespace = funcargs.get("namespace")
+        kept = [line for line in lines if " DEBUG " not in line or (namespace and namespace in line)]
+        report.sections.append(("operator log during the test", "\n".join(kept[-120:])))
+
+
+_LOG_START = pytest.StashKey[int]()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

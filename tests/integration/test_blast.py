@@ -64,7 +64,7 @@ def test_an_unavailable_api_names_the_namespace_deletions_it_blocks(
     assert metric(scrape(operator_port), "apiservice_operator_blocked_namespaces", name=api.name) == 2
     events = wait_for(lambda: [e for e in kube.get("/api/v1/namespaces/default/events")["items"]
                                if e["involvedObject"].get("name") == api.name
-                               and "blocking deletion of 2 namespaces" in e["message"]], 10, "the Event")
+                               and "blocking deletion of 2 namespaces" in e["message"]], OURS_TIMEOUT, "the Event")
     assert events[0]["type"] == "Warning", events
     # the namespace controller found discovery complete again for one of them
     set_discovery_failure(kube, first, None)

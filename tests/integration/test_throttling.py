@@ -2,10 +2,12 @@
 operator (a FlowSchema matching its ServiceAccount's `patch` of `apiservices/status` only, a
 priority level with no seats that rejects), 100 APIServices want their first verdict, and the
 operator must keep its write requests under 5 a second while its probes go on, then land every
-verdict within 30 s once the throttling ends."""
+verdict within 30 s once the throttling ends. And an Event that kube-apiserver refuses is filed once
+it takes Events again."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,18 +17,19 @@ import httpx
 import pytest
 
 from tests import builders
+from tests.cluster import apf
 from tests.cluster.controlplane import free_port
 from tests.cluster.harness import AggregatedAPI
-from tests.cluster.kube import Kube, wait_for
+from tests.cluster.kube import Kube, wait_conditions, wait_for
 from tests.cluster.operator import SA_NAME, SA_NAMESPACE, OperatorProcess
-from tests.integration.test_operations import metric
+from tests.integration.test_operations import events_of, metric
+from tests.integration.test_scenarios import register_healthy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 N = 100
 THROTTLED_FOR = 60.0
 OURS = "apiservice-operator.io/Available"
-FLOWCONTROL = "/apis/flowcontrol.apiserver.k8s.io/v1"
 
 
 def scrape(port: int) -> str:
@@ -40,32 +43,10 @@ def write_requests(text: str) -> float:
 
 @pytest.fixture
 def reject_status_writes(kube: Kube) -> Iterator[Callable[[], None]]:
-    """APF: the operator's status patches only (its Lease, watches and probes are not matched) go to a
-    priority level of zero seats that rejects with 429; the returned function ends it."""
-    name = f"throttle-{uuid.uuid4().hex[:6]}"
-    kube.create(f"{FLOWCONTROL}/prioritylevelconfigurations", {
-        "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
-        "metadata": {"name": name},
-        "spec": {"type": "Limited", "limited": {
-            "nominalConcurrencyShares": 0, "lendablePercent": 0, "borrowingLimitPercent": 0,
-            "limitResponse": {"type": "Reject"}}}})
-    kube.create(f"{FLOWCONTROL}/flowschemas", {
-        "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema", "metadata": {"name": name},
-        "spec": {"priorityLevelConfiguration": {"name": name}, "matchingPrecedence": 50,
-                 "distinguisherMethod": {"type": "ByUser"},
-                 "rules": [{"subjects": [{"kind": "ServiceAccount",
-                                          "serviceAccount": {"name": SA_NAME, "namespace": SA_NAMESPACE}}],
-                            "resourceRules": [{"verbs": ["patch"], "apiGroups": ["apiregistration.k8s.io"],
-                                               "resources": ["apiservices/status"], "clusterScope": True}]}]}})
-    ended = False
-
-    def end() -> None:
-        nonlocal ended
-        if not ended:
-            ended = True
-            kube.delete(f"{FLOWCONTROL}/flowschemas/{name}")
-            kube.delete(f"{FLOWCONTROL}/prioritylevelconfigurations/{name}")
-
+    """APF: the operator's status patches only (its Lease, watches and probes are not matched) are
+    rejected with 429; the returned function ends it."""
+    _, end = apf.reject(kube, {"verbs": ["patch"], "apiGroups": ["apiregistration.k8s.io"],
+                               "resources": ["apiservices/status"], "clusterScope": True})
     yield end
     end()
 
@@ -120,3 +101,58 @@ def test_throttled_status_writes_stay_bounded_and_every_verdict_lands_after(
         print(f"\n===== throttled operator (exit {code}) =====\n{proc.logs()[-3000:]}")
         for n in names:
             kube.delete(Kube.apiservice_path(n))
+
+
+
+@contextlib.contextmanager
+def failing_event_writes(kube: Kube) -> Iterator[None]:
+    """kube-apiserver answers the operator's Event writes with 500 while inside: a validating
+    webhook for them (matched to its ServiceAccount by CEL) that cannot be reached, failurePolicy Fail.
+    What a Kubernetes API in trouble answers, from kube-apiserver's own admission chain."""
+    name = f"fail-events-{uuid.uuid4().hex[:6]}"
+    path = f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{name}"
+    kube.create("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations", {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "fail.events.test.example.com", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Fail", "timeoutSeconds": 1,
+            "clientConfig": {"url": f"https://127.0.0.1:{free_port('127.0.0.1')}/nobody-listens"},
+            "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                       "resources": ["events"], "scope": "Namespaced"}],
+            "matchConditions": [{"name": "the-operator", "expression":
+                                 f"request.userInfo.username == 'system:serviceaccount:{SA_NAMESPACE}:{SA_NAME}'"}],
+        }]})
+    as_operator = {"Impersonate-User": f"system:serviceaccount:{SA_NAMESPACE}:{SA_NAME}"}
+
+    def refused() -> bool:
+        probe = {"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": "webhook-probe-"},
+                 "involvedObject": {"kind": "Namespace", "name": "default"}, "reason": "Test", "message": "probe"}
+        resp = kube.http.post("/api/v1/namespaces/default/events", json=probe, headers=as_operator)
+        if resp.status_code < 300:
+            kube.delete(f"/api/v1/namespaces/default/events/{resp.json()['metadata']['name']}")
+        return resp.status_code >= 500
+
+    try:
+        wait_for(refused, 30, "kube-apiserver to refuse the operator's Event writes", interval=0.2)
+        yield
+    finally:
+        kube.delete(path)
+
+
+def test_an_event_the_api_refuses_is_filed_once_it_takes_them_again(
+    aggregated_api: Callable[..., AggregatedAPI], kube: Kube, operator: OperatorProcess, operator_port: int,
+) -> None:
+    """Events are best effort, but a lost one is what on-call misses: the operator tries again."""
+    api = aggregated_api(1)
+    register_healthy(api)
+    wait_conditions(api, {OURS: ("True", "Passed")}, 30)
+    with failing_event_writes(kube):
+        api.stop()
+        wait_conditions(api, {OURS: ("False", "FailedDiscoveryCheck")}, 30)
+        time.sleep(1.5)  # the operator's first try meets the refusal, and its retry after 1 s too
+        assert not events_of(kube, api.name)
+    events = wait_for(lambda: [e for e in events_of(kube, api.name) if e["reason"] == "FailedDiscoveryCheck"], 30,
+                      "the refused Event filed once kube-apiserver takes Events again")
+    assert events[0]["type"] == "Warning", events
+    assert (metric(scrape(operator_port), "apiservice_operator_events_total", outcome="recorded") or 0) >= 1

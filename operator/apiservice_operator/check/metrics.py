@@ -60,6 +60,10 @@ class Metrics:
             "apiservice_operator_status_writes_total", "Server-side applies of our conditions", registry=r)
         self.status_write_errors = Counter(
             "apiservice_operator_status_write_errors_total", "Failed status writes", registry=r)
+        self.events = Counter(
+            "apiservice_operator_events_total",
+            "Kubernetes Events about APIServices, by outcome: recorded, failed (after its retries) or dropped "
+            "(the queue was full)", ["outcome"], registry=r)
         self.queue_depth = Gauge("apiservice_operator_queue_depth", "APIServices waiting in the probe queue",
                                  registry=r)
         self.inflight = Gauge("apiservice_operator_checks_in_flight", "APIServices being checked now", registry=r)

@@ -126,7 +126,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     prober = Prober(settings.probe_timeout, token, on_connection=metrics.probe_connections.inc)
     inputs = IndexInputs()
     health = HealthState(leader_election=settings.leader_election)
-    recorder = EventRecorder(credentials, settings.events_namespace, holder)
+    recorder = EventRecorder(credentials, settings.events_namespace, holder,
+                             on_outcome=lambda outcome: metrics.events.labels(outcome=outcome).inc())
 
     elector = None
     if settings.leader_election:
@@ -173,6 +174,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     background = [
         asyncio.create_task(_heartbeat(health), name="heartbeat"),
         asyncio.create_task(heap.give_back_every(), name="heap trim"),
+        asyncio.create_task(recorder.run(), name="events"),
         asyncio.create_task(_check_permissions(credentials, perms, controller.problems), name="permissions"),
         asyncio.create_task(_probe_loop(controller, ready, elector, health, metrics, prober_id), name="probe loop"),
     ]
