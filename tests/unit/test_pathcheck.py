@@ -115,7 +115,9 @@ async def test_what_instances_met_while_the_server_was_down_is_forgotten_when_it
 
 async def test_outside_the_cluster_the_kubeconfig_server_is_asked_and_named() -> None:
     outside = ClusterAccess(server="https://10.250.255.2:6443", ca=b"CA", in_cluster=False)
-    assert effective_mode("auto", outside) == "kubeconfig" and effective_mode("auto", ACCESS) == "instances"
+    # `auto` outside the cluster is decided per set of instances (test_pathcheck_auto.py)
+    assert effective_mode("auto", outside) == "auto" and effective_mode("auto", ACCESS) == "instances"
+    assert effective_mode("kubeconfig", outside) == "kubeconfig"
     path, sent, _ = checker("kubeconfig")
     path.access = outside
     await path.check("demo", PLAN, None, interval=10.0)

@@ -31,23 +31,83 @@ NOT_ROUTED_BODY = "404 page not found"
 # gates every request: long enough to bridge the flips of kubernetes/kubernetes#111890 (instances
 # overwrite each other every few seconds), short enough that a stale pass cannot hide an outage
 MEMORY_SECONDS = 120.0
+# `auto` outside the cluster, while the instances do not answer from where the operator runs: how
+# often they are tried again, so a network that heals is picked up (the kubeconfig's server meanwhile)
+AUTO_RETRY_SECONDS = 180.0
 
 
 class PathProbeMode(enum.StrEnum):
     """--path-probe: how the path through kube-apiserver is asked (the one list of modes)."""
 
-    AUTO = "auto"  # INSTANCES inside the cluster, KUBECONFIG outside it
+    AUTO = "auto"  # INSTANCES inside the cluster; outside it, INSTANCES where they answer (choose_auto)
     INSTANCES = "instances"  # each kube-apiserver instance by address (default/kubernetes)
     KUBECONFIG = "kubeconfig"  # the server the operator's own kubeconfig names
     OFF = "off"  # no path probe: the endpoints alone decide
 
     def effective(self, in_cluster: bool) -> PathProbeMode:
-        """`auto`: each instance by address in the cluster; from outside (a kubeconfig, as `make demo`
-        runs it) the addresses in default/kubernetes are often not routable from here, so the
-        kubeconfig's server is asked instead, and the messages say so."""
-        if self is PathProbeMode.AUTO:
-            return PathProbeMode.INSTANCES if in_cluster else PathProbeMode.KUBECONFIG
+        """`auto`: each instance by address in the cluster. From outside (a kubeconfig, as `make demo`
+        runs it) the addresses in default/kubernetes may or may not be routable from here (a laptop's
+        kind: often not; a control plane on the same network: yes), so `auto` stays AUTO there: it is
+        decided per set of instances (choose_auto), the instances where they all answer, the
+        kubeconfig's server otherwise, and the messages say which."""
+        if self is PathProbeMode.AUTO and in_cluster:
+            return PathProbeMode.INSTANCES
         return self
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """What `auto` settled on outside the cluster, for one set of instances."""
+
+    mode: PathProbeMode  # INSTANCES or KUBECONFIG
+    instances: tuple[Target, ...]  # the set of instances (default/kubernetes) it was taken for
+    at: float  # monotonic seconds
+    why: str = ""  # why not the instances (KUBECONFIG only)
+
+
+def livez_silent(instances: Iterable[Target], answers: Iterable[ProbeResult], within: float) -> dict[Target, str]:
+    """The instances that did not answer /livez within `within` seconds, each with why. Any HTTP
+    answer counts (the question is whether the instance is reached, not what it says); a late one is
+    a frozen instance that came back meanwhile: it did not answer in time."""
+    got = {r.target: r for r in answers}
+    silent: dict[Target, str] = {}
+    for instance in instances:
+        answer = got.get(instance)
+        if answer is None:
+            silent[instance] = f"no answer to /livez within {within:g}s"
+        elif answer.status_code is None:
+            silent[instance] = answer.detail or "no answer to /livez"
+        elif answer.latency >= within:
+            silent[instance] = f"answered /livez only after {answer.latency:.1f}s"
+    return silent
+
+
+def choose_auto(instances: Sequence[Target], silent: Mapping[Target, str], now: float) -> AutoChoice:
+    """`auto` outside the cluster: the instances when every one of them answers from here (else one
+    that does not would read as its path failing), the kubeconfig's server otherwise, saying why."""
+    chosen = tuple(instances)
+    if not chosen:
+        return AutoChoice(PathProbeMode.KUBECONFIG, chosen, now, "default/kubernetes lists no instances")
+    missing = [(t, silent[t]) for t in chosen if t in silent]
+    if not missing:
+        return AutoChoice(PathProbeMode.INSTANCES, chosen, now)
+    return AutoChoice(PathProbeMode.KUBECONFIG, chosen, now,
+                      "the instances in default/kubernetes do not answer from here "
+                      f"({'; '.join(f'{t.endpoint}: {why}' for t, why in missing)})")
+
+
+def auto_due(choice: AutoChoice | None, instances: Sequence[Target], now: float,
+             retry: float = AUTO_RETRY_SECONDS) -> bool:
+    """Whether `auto` must ask the instances' /livez again: at first use, when the set of instances
+    changed, and every `retry` seconds while it falls back to the kubeconfig's server. Never per check."""
+    if choice is None or choice.instances != tuple(instances):
+        return True
+    return choice.mode is PathProbeMode.KUBECONFIG and now - choice.at >= retry
+
+
+def kubeconfig_via(server: str, why: str = "") -> str:
+    """How the messages name the kubeconfig's server as the path probed, and why, where `auto` chose it."""
+    return f"the kubeconfig's server {server}" + (f": {why}" if why else "")
 
 
 class PathOutcome(enum.StrEnum):

@@ -135,10 +135,11 @@ _FLAGS: Sequence[tuple[str, Any, str]] = (
     ("identity", str, "this replica's Lease holder identity (default: POD_NAME, else hostname-pid)"),
     ("path-probe", str, "judge each APIService by what a request through kube-apiserver gets: `instances` asks "
                         "each kube-apiserver instance by its address in default/kubernetes's EndpointSlices, "
-                        "`kubeconfig` the operator's own API server URL, `auto` instances in the cluster and the "
-                        "kubeconfig's server outside it, `off` the endpoints alone decide"),
-    ("path-probe-instances", str, "with --path-probe=instances, only these kube-apiserver instances, as "
-                                  "comma-separated ADDRESS:PORT (default: every one)"),
+                        "`kubeconfig` the operator's own API server URL, `auto` instances in the cluster, and "
+                        "outside it the instances where they all answer /livez from here, else the kubeconfig's "
+                        "server, `off` the endpoints alone decide"),
+    ("path-probe-instances", str, "with --path-probe=instances (or auto where it asks the instances), only these "
+                                  "kube-apiserver instances, as comma-separated ADDRESS:PORT (default: every one)"),
     ("probe-service-account", str, "the probe identity, NAME (in the operator's namespace) or NAMESPACE/NAME: a "
                                    "ServiceAccount with no RBAC binding whose short-lived tokens are the only "
                                    "credential sent to aggregated servers; `none` sends none"),

@@ -14,14 +14,20 @@ from urllib.parse import urlsplit
 
 from apiservice_operator.core.model import ErrorKind, Obj, ProbePlan, ProbeResult, Status, Target
 from apiservice_operator.core.path import (
+    AUTO_RETRY_SECONDS,
     KUBERNETES_SERVER_NAME,
     KUBERNETES_SERVICE,
+    AutoChoice,
     Memory,
     PathEvidence,
     PathOutcome,
     PathProbeMode,
     PathResult,
+    auto_due,
+    choose_auto,
     classify,
+    kubeconfig_via,
+    livez_silent,
     path_plan,
     remember,
     resolve_instances,
@@ -55,7 +61,8 @@ class ClusterAccess:
 
 
 def effective_mode(mode: str, access: ClusterAccess) -> PathProbeMode:
-    """The mode --path-probe names, `auto` resolved for where the operator runs (PathProbeMode)."""
+    """The mode --path-probe names, `auto` resolved for where the operator runs (PathProbeMode):
+    outside the cluster it stays AUTO, which the checker decides per set of instances."""
     return PathProbeMode(mode).effective(access.in_cluster)
 
 
@@ -64,6 +71,7 @@ class _Recent:
     results: tuple[PathResult, ...]
     at: float
     direct: frozenset[tuple[Target, bool]]
+    route: PathProbeMode  # INSTANCES or KUBECONFIG: what was asked (`auto` may change it)
 
 
 ProbeFn = Callable[[ProbePlan], Awaitable[list[ProbeResult]]]
@@ -71,7 +79,7 @@ ProbeFn = Callable[[ProbePlan], Awaitable[list[ProbeResult]]]
 
 @dataclass
 class PathChecker:
-    mode: str  # PathProbeMode.INSTANCES or KUBECONFIG (see effective_mode)
+    mode: str  # PathProbeMode.INSTANCES, KUBECONFIG, or AUTO outside the cluster (see effective_mode)
     access: ClusterAccess
     slices: SlicesSource
     probe: ProbeFn
@@ -87,15 +95,59 @@ class PathChecker:
     # relayed by kube-apiserver) then sends one per second at most, not one each (make bench: 1,000
     # at once slowed the start from 16.5 to 23.2 s)
     _livez: SharedRead[set[Target]] = field(default_factory=SharedRead)
+    # `auto` outside the cluster: the instances or the kubeconfig's server, decided by the instances'
+    # /livez at first use, when their set changes, and every auto_retry seconds while falling back
+    # (refresh); never per check
+    auto_retry: float = AUTO_RETRY_SECONDS
+    _auto: AutoChoice | None = None
+    _deciding: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def _decides(self) -> bool:
+        return self.mode == PathProbeMode.AUTO and not self.access.in_cluster
+
+    def _instances(self) -> tuple[Target, ...]:
+        return resolve_instances(self.slices.slices(*KUBERNETES_SERVICE), self.pick)
+
+    def route(self) -> PathProbeMode:
+        """What is asked now: INSTANCES or KUBECONFIG (`auto` resolved by the last refresh)."""
+        if self.mode == PathProbeMode.KUBECONFIG:
+            return PathProbeMode.KUBECONFIG
+        if self._decides():
+            return self._auto.mode if self._auto is not None else PathProbeMode.KUBECONFIG
+        return PathProbeMode.INSTANCES
 
     def targets(self) -> tuple[tuple[Target, ...], str, str]:
         """(instances, the server name their certificate must carry, how they were found)."""
-        if self.mode == PathProbeMode.KUBECONFIG:
+        if self.route() is PathProbeMode.KUBECONFIG:
             parts = urlsplit(self.access.server)
             host = parts.hostname or ""
-            return (Target(host, parts.port or 443),), host, f"the kubeconfig's server {self.access.server}"
-        instances = resolve_instances(self.slices.slices(*KUBERNETES_SERVICE), self.pick)
-        return instances, KUBERNETES_SERVER_NAME, str(PathProbeMode.INSTANCES)
+            why = self._auto.why if self._decides() and self._auto is not None else ""
+            return (Target(host, parts.port or 443),), host, kubeconfig_via(self.access.server, why)
+        return self._instances(), KUBERNETES_SERVER_NAME, str(PathProbeMode.INSTANCES)
+
+    async def refresh(self) -> None:
+        """`auto` outside the cluster: ask each instance's /livez (verified as kubernetes.default.svc
+        against the cluster CA, within live_within) where auto_due says so, and keep what it chose.
+        One at a time: checks arriving meanwhile wait for a first choice or a new set of instances,
+        not for a re-try of the same set (the kubeconfig's server stands meanwhile)."""
+        if not self._decides():
+            return
+        instances = self._instances()
+        if not auto_due(self._auto, instances, self.clock(), self.auto_retry):
+            return
+        if (self._deciding.locked() and self._auto is not None and self._auto.instances == instances):
+            return
+        async with self._deciding:
+            instances = self._instances()
+            if not auto_due(self._auto, instances, self.clock(), self.auto_retry):
+                return
+            silent = await self._silent_within(instances, KUBERNETES_SERVER_NAME)
+            before, self._auto = self._auto, choose_auto(instances, silent, self.clock())
+        chosen = self._auto
+        through = (f"each kube-apiserver instance ({len(chosen.instances)} answer /livez from here)"
+                   if chosen.mode is PathProbeMode.INSTANCES else kubeconfig_via(self.access.server, chosen.why))
+        changed = before is None or (before.mode, before.why) != (chosen.mode, chosen.why)
+        log.log(logging.INFO if changed else logging.DEBUG, "path probe (auto): through %s", through)
 
     def forget(self, name: str) -> None:
         self._memory.pop(name, None)
@@ -111,9 +163,10 @@ class PathChecker:
         answers are fresh and settle() must follow, once the endpoints' answers are known). `direct`
         None: the endpoints are being probed at the same time (the path was due anyway); otherwise a
         recent settled answer is reused unless the endpoints' answers changed since it was taken."""
+        await self.refresh()
         recent = self._recent.get(name)
         if (recent is not None and direct is not None and self.clock() - recent.at < interval
-                and recent.direct == _signature(direct)):
+                and recent.direct == _signature(direct) and recent.route is self.route()):
             return recent.results, False
         return tuple(await self.ask(plan)), True
 
@@ -126,11 +179,12 @@ class PathChecker:
         if any(p.ok for p in direct) and recent is not None and not any(ok for _, ok in recent.direct):
             self._memory.pop(name, None)
         merged, self._memory[name] = remember(self._memory.get(name, {}), fresh, now)
-        self._recent[name] = _Recent(merged, now, _signature(direct))
+        self._recent[name] = _Recent(merged, now, _signature(direct), self.route())
         return merged
 
     async def ask(self, plan: ProbePlan) -> list[PathResult]:
         """Each instance's answer now, read for who answered; nothing kept (explain uses it too)."""
+        await self.refresh()
         instances, server_name, _ = self.targets()
         if not instances:
             return []
@@ -160,11 +214,26 @@ class PathChecker:
                           for r in classified]
         return classified
 
+    def _livez_plan(self, instances: Sequence[Target], server_name: str) -> ProbePlan:
+        return ProbePlan(targets=tuple(instances), path="/livez", group_version="", server_name=server_name,
+                         ca_bundle=self.access.ca, insecure_skip_tls_verify=False)
+
     async def _answering(self, instances: Sequence[Target], server_name: str) -> set[Target]:
-        livez = ProbePlan(targets=tuple(instances), path="/livez", group_version="", server_name=server_name,
-                          ca_bundle=self.access.ca, insecure_skip_tls_verify=False)
         # a late answer is a frozen instance that came back meanwhile: it did not answer in time
-        return {r.target for r in await self.probe(livez) if r.status_code is not None and r.latency < self.live_within}
+        answers = await self.probe(self._livez_plan(instances, server_name))
+        return set(instances) - livez_silent(instances, answers, self.live_within).keys()
+
+    async def _silent_within(self, instances: Sequence[Target], server_name: str) -> dict[Target, str]:
+        """The instances that do not answer /livez within live_within, and why: each asked on its own
+        and waited for no longer (an address not routable from here would hold the whole budget)."""
+        async def one(instance: Target) -> list[ProbeResult]:
+            try:
+                return await asyncio.wait_for(self.probe(self._livez_plan((instance,), server_name)),
+                                              self.live_within)
+            except TimeoutError:
+                return []
+        answers = [r for found in await asyncio.gather(*(one(t) for t in instances)) for r in found]
+        return livez_silent(instances, answers, self.live_within)
 
     async def evidence(self, apiservice: Obj, plan: ProbePlan, results: tuple[PathResult, ...]) -> PathEvidence:
         """The answers with what the pure decision weighs them against: kube-apiserver's own
