@@ -24,7 +24,7 @@ sample-apiserver: ## build or reuse k8s.io/sample-apiserver (the suite's real ex
 test-deps: ## the system tools the suite needs (iproute2, util-linux, iptables, prometheus): installed as root, else named
 	hack/test-deps.sh
 
-demo: install ## the local control plane, six sample aggregated APIs, the operator and its table; Ctrl-C ends it
+demo: install ## the local control plane, seven sample aggregated APIs, the operator and its table; Ctrl-C ends it
 	@hack/demo.sh
 
 demo-monitoring: install ## make demo plus a local Prometheus (Debian's prometheus) with the shipped rules; prints its URL and the alerts that fire

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make demo: the local control plane, six sample aggregated APIs, the operator, the table.
+# make demo: the local control plane, seven sample aggregated APIs, the operator, the table.
 # Runs until Ctrl-C, then removes everything it started. DEMO_NO_WAIT=1 prints the table and exits.
 # DEMO_PROMETHEUS=1 (make demo-monitoring) adds a Prometheus from Debian's package inside the
 # namespace on its veth address 10.250.255.2 (reachable from this machine, nothing else), scraping

@@ -31,13 +31,15 @@ from apiservice_operator.kube.client import API_TIMEOUT, Credentials
 from apiservice_operator.kube.portforward import ForwardFailed, forwarded, operator_pod
 
 COLUMNS = ("NAME", "SERVICE", "KUBE-APISERVER", "PROBED", "REASON", "PATH", "LATENCY", "ENDPOINTS", "AGE")
-_PASSED = re.compile(r"passed (?:through .*? and )?on (\d+)/(\d+) endpoints in (\S+)")
+_PASSED = re.compile(r"passed (?:through .*? and )?on (\d+)/(\d+) endpoints in ([^\s;,]+)")
 # the user's path: how many kube-apiserver instances served discovery (DESIGN 9)
 _PATH = re.compile(r"(\d+)/(\d+) kube-apiserver (?:instances|\()")
 _FAILED = re.compile(r"from (\d+)/(\d+) endpoints")
 # the first certificate to end, from our Degraded message (decide._watch_certificates)
 _CERT_ENDS = re.compile(r"(?:earliest certificate ends |a certificate ends in \d+ days? \()(\d{4}-\d\d-\d\dT[\d:]+Z)")
-WIDE_COLUMNS = ("CERT", "BLOCKING", "MESSAGE")
+# the clients' view: in how many instances' aggregated discovery it is Current (decide/clients.counts)
+_DISCOVERY = re.compile(r"aggregated discovery Current in (\d+)/(\d+) instances")
+WIDE_COLUMNS = ("DISCOVERY", "CERT", "BLOCKING", "MESSAGE")
 _COLOURS = {"True": "32", "False": "31", "Unknown": "33", "Degraded": "33"}
 
 
@@ -79,6 +81,7 @@ def row(obj: dict[str, Any], types: ConditionTypes, now: datetime.datetime) -> d
     elif m := _FAILED.search(ours.get("message", "")):
         endpoints = f"0/{m[2]}"
     path = _PATH.search(ours.get("message", ""))
+    discovery = _DISCOVERY.search(message)
     ends = _CERT_ENDS.search(degraded.get("message", ""))
     cert = ""
     if ends:
@@ -94,6 +97,7 @@ def row(obj: dict[str, Any], types: ConditionTypes, now: datetime.datetime) -> d
         "LATENCY": latency,
         "ENDPOINTS": endpoints,
         "AGE": age(meta.get("creationTimestamp"), now),
+        "DISCOVERY": f"{discovery[1]}/{discovery[2]}" if discovery else "",
         "CERT": cert,
         "BLOCKING": str(blocking) if (blocking := blocked_count(ours.get("message", ""))) else "",
         "MESSAGE": message,
@@ -208,11 +212,17 @@ def render_explain(report: dict[str, Any]) -> str:
         if not report["instances"]:
             lines.append("  no kube-apiserver instance known")
     if report.get("clientsView"):
-        lines.append("What clients read (each instance's aggregated discovery, GET /apis v2):")
+        lines.append("What clients read (each instance's aggregated discovery, GET /apis v2, and /openapi/v3):")
         for v in report["clientsView"]:
             state = v["freshness"] or f"not read ({v['detail']})"
-            lines.append(f"  {v['instance']}: {state}" + (f", resources {', '.join(v['resources'])}"
-                                                          if v["resources"] else ""))
+            count = f", {len(v['resources'])} resources ({', '.join(v['resources'][:8])})" if v["resources"] else ""
+            openapi = v.get("openapi") or f"not read ({v.get('openapiDetail') or 'off'})"
+            if v.get("openapi") and v.get("openapiDetail"):
+                openapi += f" ({v['openapiDetail']})"
+            lines.append(f"  {v['instance']}: discovery {state}{count}; OpenAPI {openapi}")
+    if report.get("serverDocuments"):
+        lines.append("The server's own answers (what kube-apiserver builds those from):")
+        lines += [f"  {d['says']}" for d in report["serverDocuments"]]
     kube = report["kubeApiserver"]
     lines.append(f"kube-apiserver's own Available: {kube['status'] or '<none>'}"
                  + (f": {kube['message']}" if kube.get("message") else ""))

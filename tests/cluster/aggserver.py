@@ -253,6 +253,11 @@ class Server:
                 else:
                     await self.send(writer, 200, group_list(self.args.group, self.args.version))
                 return True
+            if path.startswith("/openapi/") and state.get("openapi") == "status":
+                # {"openapi": "status", "openapi_status": 503}: its OpenAPI fails while discovery works
+                code = int(state.get("openapi_status", 503))
+                await self.send(writer, code, {"kind": "Status", "status": "Failure", "code": code})
+                return True
             if path == "/openapi/v2":
                 await self.send(writer, 200, openapi_v2(self.args.group, self.args.version))
                 return True

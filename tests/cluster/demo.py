@@ -45,7 +45,8 @@ DEMO_LONGEST_FOR = "20s"
 EXPECTED_ALERTS = {("AggregatedAPIDownProbed", "v1.down.demo.example.com"),
                    ("AggregatedAPIDownProbed", "v1.slow.demo.example.com"),
                    ("AggregatedAPIDownProbed", "v1.wrong-ca.demo.example.com"),
-                   ("AggregatedAPIDegraded", "v1.half-broken.demo.example.com")}
+                   ("AggregatedAPIDegraded", "v1.half-broken.demo.example.com"),
+                   ("AggregatedAPIDiscoveryStale", "v1.stale-discovery.demo.example.com")}
 OPERATOR_METRICS = "127.0.0.1:8080"  # the operator's default --metrics-port, inside the namespace
 
 
@@ -115,7 +116,7 @@ def main() -> int:
         a.write_slice()
         return a
 
-    say("starting six sample aggregated API servers")
+    say("starting seven sample aggregated API servers")
     apis = [
         api("healthy", "healthy.demo.example.com", 1),
         api("down", "down.demo.example.com", 1),
@@ -125,11 +126,15 @@ def main() -> int:
         # serves only system:masters (as an extension server whose auth-delegator binding is gone):
         # kube-apiserver's own check passes, every user gets 500
         api("refuses-users", "refuses-users.demo.example.com", 1),
+        # serves its group/version, but its root /apis answers 503: kube-apiserver's own check passes,
+        # its aggregated discovery (what kubectl and every controller read) keeps the group Stale
+        api("stale-discovery", "stale-discovery.demo.example.com", 1),
     ]
     apis[1].stop()  # down: its endpoint refuses connections
     apis[2].set_state(mode="healthy", delay=7)  # slower than the 5 s budget
     apis[4].servers[0].set_state(mode="status", status=500)
     apis[5].set_state(mode="healthy", auth="masters-only")
+    apis[6].set_state(mode="healthy", apis="status", apis_status=503)
     for a in apis:
         a.register_apiservice()
 
@@ -147,6 +152,9 @@ def main() -> int:
                 return condition(a.apiservice(), OURS)
 
             wait_for(ours, 60, f"our verdict on {a.name}")
+        # the clients' view waits for kube-apiserver's aggregated discovery to read the new group once
+        wait_for(lambda: (condition(apis[6].apiservice(), OURS) or {}).get("reason") == "DiscoveryStale", 90,
+                 f"DiscoveryStale on {apis[6].name}")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not all(condition(a.apiservice(), "Available") for a in apis):
             time.sleep(0.5)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from apiservice_operator.core.clientview import Freshness
-from apiservice_operator.core.model import Target
+from apiservice_operator.core.clientview import Freshness, OpenAPI
+from apiservice_operator.core.model import ProbePlan, Target
 from apiservice_operator.probing.clientview import ClientViewReader
 from tests.unit.test_probe import CA, SERVICE_NAME, TLSFactory, tls_server  # noqa: F401 - the fixture
 from tests.unit.tls_server import Answer
@@ -22,20 +22,27 @@ def reader() -> ClientViewReader:
     return ClientViewReader(CA.cert_pem, lambda: "probe-token", 2.0)
 
 
+def plan(group_version: str) -> ProbePlan:
+    return ProbePlan(targets=(), path=f"/apis/{group_version}", group_version=group_version,
+                     server_name="api.demo.svc", ca_bundle=None, insecure_skip_tls_verify=False)
+
+
 async def test_each_instance_is_read_once_for_every_check_within_max_age(tls_server: TLSFactory) -> None:  # noqa: F811
     server = tls_server(Answer(body=DOCUMENT, headers=(("Content-Type", V2),)))
     instance = Target("127.0.0.1", server.port)
     clients = reader()
     try:
-        views = await asyncio.gather(*(clients.view([instance], SERVICE_NAME, "demo.example.com/v1", ["widgets"])
+        views = await asyncio.gather(*(clients.view([instance], SERVICE_NAME, plan("demo.example.com/v1"), ["widgets"])
                                        for _ in range(10)))
-        stale = await clients.view([instance], SERVICE_NAME, "demo.example.com/v2", [])
+        stale = await clients.view([instance], SERVICE_NAME, plan("demo.example.com/v2"), [])
     finally:
         await clients.aclose()
     assert {v.instances[0].freshness for v in views} == {Freshness.CURRENT}
     assert stale.instances[0].freshness is Freshness.STALE
-    assert clients.reads == 1 and len(server.record.requests) == 1
-    sent = server.record.requests[0]
+    # /apis and /openapi/v3 once each (this server answers both with the same document: no OpenAPI in it)
+    assert clients.reads == 2 and sorted(server.record.paths) == ["/apis", "/openapi/v3"]
+    assert {v.instances[0].openapi for v in views} == {OpenAPI.MISSING}
+    sent = server.record.requests[server.record.paths.index("/apis")]
     assert sent["authorization"] == "Bearer probe-token" and "as=APIGroupDiscoveryList" in sent["accept"]
 
 
@@ -45,7 +52,7 @@ async def test_an_answer_that_is_not_aggregated_discovery_is_no_evidence(tls_ser
         server = tls_server(answer)
         clients = reader()
         try:
-            view = await clients.view([Target("127.0.0.1", server.port)], SERVICE_NAME, "demo.example.com/v1", [])
+            view = await clients.view([Target("127.0.0.1", server.port)], SERVICE_NAME, plan("demo.example.com/v1"), [])
         finally:
             await clients.aclose()
         assert view.instances[0].freshness is None and view.read() == (), view

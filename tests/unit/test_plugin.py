@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 
+from apiservice_operator.core.clientview import Freshness
 from apiservice_operator.core.decide import decide
 from apiservice_operator.core.model import (
     Certificate,
@@ -18,6 +19,7 @@ from apiservice_operator.core.model import (
 from apiservice_operator.core.path import PathEvidence, classify
 from apiservice_operator.plugin import render, row
 from tests import builders
+from tests.unit.test_clientview import PASSING, view
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 TYPES = ConditionTypes()
@@ -118,3 +120,16 @@ def test_wide_counts_the_namespaces_an_unavailable_api_keeps_from_being_deleted(
                                  "failing ...; blocking deletion of 3 namespaces: a, b, c")), TYPES, NOW)
     assert r["BLOCKING"] == "3"
     assert row(with_conditions(cond(TYPES.available, "True", "Passed", "ok")), TYPES, NOW)["BLOCKING"] == ""
+
+
+def test_wide_shows_in_how_many_instances_discovery_is_current() -> None:
+    current, stale = Freshness.CURRENT, Freshness.STALE
+    for states, reason, want in (((current, current), "Passed", "2/2"), ((current, stale), "DiscoveryStale", "1/2"),
+                                 ((stale, stale), "DiscoveryStale", "0/2")):
+        available, degraded = decide(Resolution(plan=PLAN), [ProbeResult(EP, True, 0.01)], [], "2026-01-01T12:00:00Z",
+                                     TYPES, 5.0, PASSING, clients=view(*states))
+        r = row(with_conditions(available.to_api(), degraded.to_api()), TYPES, NOW)
+        assert (r["DISCOVERY"], r["REASON"]) == (want, reason), (available.message, degraded.message)
+        assert r["PATH"] == "2/2" and r["LATENCY"] == ("" if want == "0/2" else "<1s")
+    assert "DISCOVERY" in render([r], wide=True, colour=False) and "DISCOVERY" not in render([r], wide=False,
+                                                                                           colour=False)

@@ -198,6 +198,7 @@ class Controller:
         name, new, previous = outcome.name, list(outcome.conditions), outcome.previous
         self.metrics.blocked_namespaces.labels(name=name).set(len(outcome.blocked))
         self.metrics.observe_conditions(name, new[0])
+        self.metrics.observe_clients(name, outcome.evidence.clients, new[0], new[1])
         if new[0].status is Status.TRUE:
             self.retry.succeeded(name)
         else:

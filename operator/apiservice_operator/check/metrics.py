@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from apiservice_operator.core.clientview import ClientView, Freshness, OpenAPI
+from apiservice_operator.core.decide.clients import DISCOVERY_STALE, OPENAPI_UNAVAILABLE
 from apiservice_operator.core.model import Condition, ErrorKind, ProbePlan, ProbeResult, Status
 from apiservice_operator.core.path import PathOutcome, PathResult
 
@@ -47,6 +49,25 @@ class Metrics:
             "apiservice_operator_certificate_expiry_timestamp_seconds",
             "Unix time when the first of the APIService's certificates ends: the leaf each passing endpoint "
             "serves and the caBundle's CAs", ["name"], registry=r)
+        self.clients_view = Counter(
+            "apiservice_operator_clients_view_total",
+            "The group/version as each kube-apiserver instance showed it to clients, one per instance and check: "
+            "document discovery (aggregated discovery, GET /apis v2) with outcome current, stale, missing, empty "
+            "or unread; document openapi (/openapi/v3) with outcome listed, missing, failing or unread",
+            ["document", "outcome"], registry=r)
+        for outcome in (*Freshness, "unread"):
+            self.clients_view.labels(document="discovery", outcome=str(outcome).lower())
+        for outcome in (*OpenAPI, "unread"):
+            self.clients_view.labels(document="openapi", outcome=str(outcome).lower())
+        self.discovery_stale = Gauge(
+            "apiservice_operator_discovery_stale_instances",
+            "kube-apiserver instances whose aggregated discovery has the APIService Stale, missing or without "
+            "its resources, while our verdict says DiscoveryStale (0 otherwise: also while kube-apiserver may "
+            "still be catching up, and when another hop is what breaks)", ["name"], registry=r)
+        self.openapi_unavailable = Gauge(
+            "apiservice_operator_openapi_unavailable_instances",
+            "kube-apiserver instances whose /openapi/v3 lacks the APIService's group/version or fails its document, "
+            "while our Degraded says OpenAPIUnavailable (0 otherwise)", ["name"], registry=r)
         self.blocked_namespaces = Gauge(
             "apiservice_operator_blocked_namespaces",
             "Terminating namespaces whose deletion waits on this APIService's discovery "
@@ -92,6 +113,24 @@ class Metrics:
         for result in results:
             self.path_probes.labels(outcome=str(result.outcome)).inc()
 
+    def observe_clients(self, name: str, view: ClientView | None, available: Condition,
+                        degraded: Condition) -> None:
+        if view is None:
+            for metric in (self.discovery_stale, self.openapi_unavailable):
+                with contextlib.suppress(KeyError):
+                    metric.remove(name)
+            return
+        for v in view.instances:
+            self.clients_view.labels(document="discovery",
+                                     outcome=str(v.freshness).lower() if v.freshness else "unread").inc()
+            self.clients_view.labels(document="openapi",
+                                     outcome=str(v.openapi).lower() if v.openapi else "unread").inc()
+        stale = sum(1 for v in view.read() if v.freshness is not Freshness.CURRENT)
+        said_stale = DISCOVERY_STALE in (available.reason, degraded.reason)
+        self.discovery_stale.labels(name=name).set(stale if said_stale else 0)
+        missing = sum(1 for v in view.openapi_read() if v.openapi is not OpenAPI.LISTED)
+        self.openapi_unavailable.labels(name=name).set(missing if degraded.reason == OPENAPI_UNAVAILABLE else 0)
+
     def observe_certificates(self, name: str, plan: ProbePlan, results: Sequence[ProbeResult]) -> None:
         ends = [c.not_after for p in results if p.ok for c in p.served] + [c.not_after for c in plan.ca_certificates]
         if ends:
@@ -107,7 +146,8 @@ class Metrics:
     def forget(self, name: str) -> None:
         """An APIService that went: every series labelled with it goes too (a deleted APIService's
         transitions_total stayed forever, one series per type, status and reason it ever had)."""
-        for metric in (self.unavailable, self.discovery_latency, self.certificate_expiry, self.blocked_namespaces):
+        for metric in (self.unavailable, self.discovery_latency, self.certificate_expiry, self.blocked_namespaces,
+                       self.discovery_stale, self.openapi_unavailable):
             with contextlib.suppress(KeyError):
                 metric.remove(name)
         for labels in [k for k in _label_sets(self.transitions) if k[0] == name]:
@@ -118,7 +158,8 @@ class Metrics:
         """This replica stopped deciding (it lost the Lease): its per-APIService gauges would go on
         saying what it last saw, beside the new leader's, and alerts that take max or min across
         Pods would read a stale verdict."""
-        for metric in (self.unavailable, self.certificate_expiry, self.blocked_namespaces):
+        for metric in (self.unavailable, self.certificate_expiry, self.blocked_namespaces, self.discovery_stale,
+                       self.openapi_unavailable):
             metric.clear()
 
 

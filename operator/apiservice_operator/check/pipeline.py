@@ -60,10 +60,11 @@ def _check_failed(name: str, exc: Exception) -> Resolution:
 
 
 class ClientsReader(Protocol):
-    """Reads each instance's aggregated discovery (probing/clientview.ClientViewReader)."""
+    """Reads each instance's aggregated discovery and /openapi/v3, and where they are wrong the
+    server's own documents (probing/clientview.ClientViewReader)."""
 
-    async def view(self, instances: Sequence[Target], server_name: str, group_version: str,
-                   own_resources: Sequence[str]) -> ClientView: ...
+    async def view(self, instances: Sequence[Target], server_name: str, plan: ProbePlan,
+                   own_resources: Sequence[str], everything: bool = False) -> ClientView: ...
 
 
 class Inputs(Protocol):
@@ -169,7 +170,7 @@ class Pipeline:
                     if self.clients is not None:
                         instances, server_name, _ = self.path.targets()
                         own = sorted({r for p in evidence.probes if p.ok for r in p.resources})
-                        evidence.clients = await self.clients.view(instances, server_name, plan.group_version, own)
+                        evidence.clients = await self.clients.view(instances, server_name, plan, own, everything=traced)
             except Exception as exc:
                 # every check ends in a verdict: one that cannot gather its evidence says so, rather
                 # than leave the last verdict standing while it retries

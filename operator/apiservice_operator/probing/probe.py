@@ -162,6 +162,10 @@ class Prober:
     def connections_opened(self) -> int:
         return sum(p.opened for p in self._pools.values())
 
+    def client_for(self, plan: ProbePlan) -> httpx.AsyncClient:
+        """The client for this plan's trust and server name (InvalidCABundle when its CA is bad)."""
+        return self._client(plan)
+
     def _client(self, plan: ProbePlan) -> httpx.AsyncClient:
         key = (plan.ca_bundle, plan.insecure_skip_tls_verify, plan.server_name)
         client = self._clients.get(key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ from apiservice_operator.kube.permissions import Permission, missing_permissions
 from apiservice_operator.probing.clientview import ClientViewReader
 from apiservice_operator.probing.pathcheck import ClusterAccess, PathChecker, effective_mode
 from apiservice_operator.probing.probe import Prober, inspect_tls
+from apiservice_operator.probing.serverdocs import ask_server
 from apiservice_operator.run import heap
 from apiservice_operator.run.adapter import IndexInputs, Watches
 from apiservice_operator.serve.explain import explain
@@ -61,7 +63,9 @@ def path_checker(settings: Settings, credentials: Credentials, inputs: IndexInpu
     mode = effective_mode(settings.path_probe, access)
     if mode is PathProbeMode.OFF:
         return None
-    through = "each kube-apiserver instance" if mode is PathProbeMode.INSTANCES else access.server
+    through = {PathProbeMode.INSTANCES: "each kube-apiserver instance",
+               PathProbeMode.AUTO: f"each kube-apiserver instance where they all answer /livez from here, "
+                                   f"else {access.server} (auto: decided at the first check)"}.get(mode, access.server)
     log.info("path probe: through %s", through)
     return PathChecker(mode=mode, access=access, slices=inputs, probe=prober.probe_every, identity=identity,
                        clock=time.monotonic, pick=settings.picked_instances)
@@ -138,7 +142,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     within = write_deadline(settings)
     checker = path_checker(settings, credentials, inputs, prober, prober_id)
     # the clients' view: each instance's aggregated discovery, read as the probe identity
-    clients = ClientViewReader(checker.access.ca, token, settings.probe_timeout) if checker is not None else None
+    clients = (ClientViewReader(checker.access.ca, token, settings.probe_timeout,
+                                ask=functools.partial(ask_server, prober))
+               if checker is not None else None)
 
     async def write(name: str, conditions: Sequence[Condition]) -> bool:
         return await write_conditions(credentials, name, conditions, within=within)

@@ -76,6 +76,8 @@ def fix_for(available: Condition, degraded: Condition, plan: ProbePlan | None,
             "DirectProbeFailed": "the operator cannot reach the Pods directly (a NetworkPolicy?); users are served",
             "DiscoveryStale": "the named instances cannot refresh this group/version's discovery from the server's "
                               "root /apis: look at the server's answer there and at those instances' logs",
+            "OpenAPIUnavailable": "make the server answer /openapi/v3 (or /openapi/v2, with /openapi/v3 404) with "
+                                  "200 and its schema; kube-apiserver re-reads it within a minute",
         }.get(degraded.reason, "")
     return fix
 
@@ -117,10 +119,16 @@ async def explain(name: str, pipeline: Pipeline) -> dict[str, Any] | None:
         report["instances"] = [{"instance": r.instance.endpoint, "outcome": str(r.outcome), "detail": r.detail,
                                 "seconds": round(r.latency, 4)} for r in evidence.through]
         report["instancesVia"] = evidence.path.via if evidence.path else "off (--path-probe=off)"
-        # what clients read: the group/version in each instance's aggregated discovery
+        # what clients read: the group/version in each instance's aggregated discovery and /openapi/v3,
+        # and the server's own answers to the documents kube-apiserver builds those from
         report["clientsView"] = [{"instance": v.instance.endpoint, "freshness": v.freshness and str(v.freshness),
-                                  "resources": list(v.resources), "detail": v.detail}
+                                  "resources": list(v.resources), "detail": v.detail,
+                                  "openapi": v.openapi and str(v.openapi), "openapiDetail": v.openapi_detail}
                                  for v in (evidence.clients.instances if evidence.clients else ())]
+        report["serverDocuments"] = [{"document": str(a.document), "endpoint": a.endpoint, "status": a.status,
+                                      "seconds": round(a.seconds, 4), "contentType": a.content_type,
+                                      "detail": a.detail, "serves": a.serves, "says": a.describe()}
+                                     for a in (evidence.clients.server if evidence.clients else ())]
     kube = kube_available(outcome.apiservice)
     report["kubeApiserver"] = {"status": str(kube[0]) if kube[0] else None, "message": kube[1]}
     report["current"] = [c.to_api() for c in outcome.previous]

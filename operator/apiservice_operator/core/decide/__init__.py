@@ -85,7 +85,8 @@ def decide(
     before = {c.type: c for c in previous}
     available, degraded = _conclude(resolution, probes, budget, before, types, path)
     if clients is not None:
-        available, degraded = conclude_clients(available, degraded, clients, path.kube_since if path else "", now)
+        available, degraded = conclude_clients(available, degraded, clients, path.kube_since if path else "", now,
+                                               before.get(types.available), before.get(types.degraded))
     if resolution.plan is not None and available.status is Status.TRUE:
         degraded = _watch_certificates(resolution.plan, probes, degraded, now, expiry_warning)
     radius = describe_blocked(blocked)
