@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from apiservice_operator.check.cadence import Cadence
+from apiservice_operator.check.controller import CHEAP_RETRY_BASE, retry_base
 from apiservice_operator.check.memory import Sweep, Written
 from apiservice_operator.check.pacing import Pacing
 from apiservice_operator.check.sharing import EndpointSharing
@@ -58,6 +59,24 @@ def test_jitter_only_shortens_and_by_at_most_its_fraction() -> None:
     policy.failed("x")
     policy.failed("x")
     assert policy.delay("x", cap=20) == pytest.approx(2 * 0.9)
+
+
+def test_a_cheap_failure_retries_from_its_own_base_and_a_kick_starts_it_over() -> None:
+    policy = no_jitter()
+    for _ in range(4):
+        policy.failed("x", base=CHEAP_RETRY_BASE)
+    assert policy.delay("x", cap=20) == pytest.approx(0.8)
+    policy.kick("x")
+    assert policy.delay("x", cap=20) == pytest.approx(CHEAP_RETRY_BASE)
+    policy.failed("x")  # a timeout now: the policy's own base again
+    assert policy.delay("x", cap=20) == pytest.approx(2.0)
+
+
+def test_refused_and_error_statuses_are_cheap_to_ask_again_and_timeouts_are_not() -> None:
+    assert retry_base([failed(A, ErrorKind.REFUSED), failed(B, ErrorKind.HTTP_STATUS)]) == CHEAP_RETRY_BASE
+    assert retry_base([failed(A, ErrorKind.REFUSED), failed(B, ErrorKind.TIMEOUT)]) is None
+    assert retry_base([failed(A, ErrorKind.TLS)]) is None
+    assert retry_base([ok(A)]) is None  # the endpoints pass: what fails is another hop, at the policy's pace
 
 
 def test_success_resets_and_each_key_counts_alone() -> None:

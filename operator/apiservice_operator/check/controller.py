@@ -30,6 +30,8 @@ from apiservice_operator.core.decide import changed
 from apiservice_operator.core.model import (
     WRITES_IN_FLIGHT,
     Condition,
+    ErrorKind,
+    ProbeResult,
     Status,
     Target,
     WriteDeferred,
@@ -44,6 +46,18 @@ from apiservice_operator.probing.pathcheck import PathChecker
 log = logging.getLogger("apiservice_operator")
 
 Writer = Callable[[str, Sequence[Condition]], Awaitable[bool]]
+# failures that cost the server nothing to answer again (a refused connection, an error status):
+# retried from CHEAP_RETRY_BASE, as kube-aggregator retries every failure from 5 ms; a timeout or a
+# TLS failure holds a connection or a handshake, and keeps the policy's 1 s
+CHEAP_FAILURES = frozenset({ErrorKind.REFUSED, ErrorKind.HTTP_STATUS})
+CHEAP_RETRY_BASE = 0.1
+
+
+def retry_base(probes: Sequence[ProbeResult]) -> float | None:
+    failed = [p.error for p in probes if not p.ok]
+    return CHEAP_RETRY_BASE if failed and all(e in CHEAP_FAILURES for e in failed) else None
+
+
 EventSink = Callable[[str, str | None, EventSpec], Awaitable[None]]
 
 __all__ = ["Controller", "Inputs", "Stats", "utc_now"]
@@ -103,6 +117,13 @@ class Controller:
         self.gate = WriteGate(self.settings.max_write_rate, license=lambda: self.license())
 
     # --- triggers -------------------------------------------------------------------------------
+    def kube_changed(self, name: str) -> None:
+        """kube-apiserver's own Available (or its message) on this APIService moved: it has news
+        about the server (kube-aggregator re-checks a failing one from 5 ms on), so look again at
+        once, and a failing one's backoff starts over."""
+        self.retry.kick(name)
+        self.changed_now([name])
+
     def changed_now(self, names: Iterable[str]) -> None:
         for name in names:
             self.queue.schedule(name, self.settings.debounce, urgent=True)
@@ -202,7 +223,7 @@ class Controller:
         if new[0].status is Status.TRUE:
             self.retry.succeeded(name)
         else:
-            self.retry.failed(name)
+            self.retry.failed(name, base=retry_base(outcome.evidence.probes))
         if not changed(new, previous):
             return
         before = {c.type: c for c in previous}

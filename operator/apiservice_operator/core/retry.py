@@ -27,13 +27,19 @@ class RetryPolicy:
     rand: Callable[[], float] = random.random
     _failures: dict[Hashable, int] = field(default_factory=dict)
     _hints: dict[Hashable, float] = field(default_factory=dict)
+    _bases: dict[Hashable, float] = field(default_factory=dict)
 
     def failures(self, key: Hashable) -> int:
         return self._failures.get(key, 0)
 
-    def failed(self, key: Hashable, hint: float | None = None) -> None:
-        """One more failure in a row; `hint` is the least wait the other side asked for."""
+    def failed(self, key: Hashable, hint: float | None = None, base: float | None = None) -> None:
+        """One more failure in a row; `hint` is the least wait the other side asked for; `base` the
+        first wait for this key where it differs from the policy's (a cheap failure retries sooner)."""
         self._failures[key] = self._failures.get(key, 0) + 1
+        if base is not None:
+            self._bases[key] = base
+        else:
+            self._bases.pop(key, None)
         if hint is not None and hint > 0:
             self._hints[key] = min(hint, MAX_HINT)
         else:
@@ -42,6 +48,7 @@ class RetryPolicy:
     def succeeded(self, key: Hashable) -> None:
         self._failures.pop(key, None)
         self._hints.pop(key, None)
+        self._bases.pop(key, None)
 
     forget = succeeded
 
@@ -58,5 +65,6 @@ class RetryPolicy:
         failures = self._failures.get(key, 0)
         if not failures:
             return None
-        wait = min(cap, self.base * 2.0 ** min(failures - 1, 32)) * (1 - self.jitter * self.rand())
+        base = self._bases.get(key, self.base)
+        wait = min(cap, base * 2.0 ** min(failures - 1, 32)) * (1 - self.jitter * self.rand())
         return max(wait, self._hints.get(key, 0.0))

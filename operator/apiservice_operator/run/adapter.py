@@ -79,12 +79,20 @@ def _project_apiservice(body: kopf.Body, settings: Settings) -> Obj:
     }
 
 
+def _kube_available(body: kopf.Body) -> tuple[str, str]:
+    for cond in (body.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Available":
+            return str(cond.get("status") or ""), str(cond.get("message") or "")
+    return "", ""
+
+
 def build_registry(settings: Settings, controller_box: dict[str, Controller], credentials: Credentials,
                    inputs: IndexInputs, health: HealthState,
                    watched: resync.Watched | None = None) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     selector = settings.label_selector
     seen_generation: dict[str, object] = {}
+    seen_kube: dict[str, tuple[str, str]] = {}  # kube-apiserver's own Available: (status, message)
     watched = watched if watched is not None else resync.Watched()
 
     def track(kind: resync.Kind, type_: str | None, namespace: str | None, name: str, uid: str | None,
@@ -180,14 +188,22 @@ def build_registry(settings: Settings, controller_box: dict[str, Controller], cr
             return
         if type == "DELETED" or not selector.matches((body.get("metadata") or {}).get("labels")):
             seen_generation.pop(name, None)
+            seen_kube.pop(name, None)
             controller.forget(name)
             return
         # Our own status writes come back as events too: re-check only when the spec moved,
         # or the operator would loop on itself.
         key = (uid, (body.get("metadata") or {}).get("generation"), repr(body.get("spec")))
+        kube = _kube_available(body)
+        kube_before = seen_kube.get(name)
+        seen_kube[name] = kube
         if seen_generation.get(name) != key:
             seen_generation[name] = key
             controller.changed_now([name])
+        elif kube_before is not None and kube_before != kube:
+            # kube-apiserver's own verdict moved (it re-checks a failing server from 5 ms on): news
+            # about the server that our backoff would otherwise wait for
+            controller.kube_changed(name)
 
     @kopf.on.event(*SERVICES, registry=registry)
     async def service_event(type: str | None, namespace: str | None, name: str,  # noqa: A002
