@@ -107,6 +107,25 @@ def test_explain_a_hung_endpoint_names_the_timeout(
     assert "no request within the budget" in report["fix"]
 
 
+def test_explain_a_stale_discovery_shows_what_clients_read_and_the_servers_own_answers(
+    aggregated_api: Callable[..., AggregatedAPI], control_plane: ControlPlane, via: str,
+) -> None:
+    api = aggregated_api(1)
+    api.set_state(mode="healthy", apis="status", apis_status=503)
+    register_healthy(api)
+    wait_conditions(api, {OURS: ("False", "DiscoveryStale")}, 90)
+    report = explained(control_plane, via, api.name)
+    (view,) = report["clientsView"]
+    assert view["freshness"] == "Stale", view
+    answers = {d["document"]: d for d in report["serverDocuments"]}
+    assert answers["/apis"]["status"] == 503 and not answers["/apis"]["serves"], answers
+    assert answers["/openapi/v2"]["status"] == 200 and answers["/openapi/v3"]["status"] == 404, answers
+    assert report["verdict"][0]["reason"] == "DiscoveryStale"
+    assert "root /apis" in report["fix"]
+    text = explain(control_plane, via, api.name).stdout
+    assert "What clients read" in text and "discovery Stale" in text and "The server's own answers" in text, text
+
+
 def test_explain_says_plainly_when_the_apiservice_or_the_operator_is_not_there(
     control_plane: ControlPlane, via: str, kube: Kube, namespace: str,
 ) -> None:
