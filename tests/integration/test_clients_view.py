@@ -100,3 +100,21 @@ def test_a_server_whose_openapi_fails_is_degraded_while_kube_apiserver_says_pass
     api.set_state(mode="healthy")
     after_repair(api, DEGRADED, ("False", "AsExpected"), "OpenAPIUnavailable")
 
+
+
+@pytest.mark.parametrize("status", [500, 404])
+def test_a_root_apis_that_answers_another_error_keeps_discovery_current_by_the_fallback(
+    aggregated_api: Callable[..., AggregatedAPI], kube: Kube, operator: OperatorProcess, status: int,
+) -> None:
+    """kube-apiserver falls back to /apis/<group>/<version> for any answer but 503 (and its timeout):
+    clients are served, so ours stays True, with no Degraded from the clients' view either (the
+    test server answers /openapi/v3 404 and serves /openapi/v2, which kube-apiserver converts)."""
+    api = aggregated_api(servers=1)
+    api.set_state(mode="healthy", apis="status", apis_status=status)
+    register_healthy(api)
+    found = wait_conditions(api, {OURS: ("True", "Passed"), DEGRADED: ("False", "AsExpected"),
+                                  "Available": ("True", "Passed")}, STALE_WITHIN,
+                            messages={OURS: "aggregated discovery Current in 1/1 instances, /openapi/v3 in 1/1"})
+    entry = discovery_entry(kube, api.group, api.version)
+    assert entry is not None and entry.get("freshness", "Current") == "Current", entry
+    print(f"\nroot /apis {status}: {found[OURS]['message']}")
