@@ -42,6 +42,9 @@ class World:
     def blocked_namespaces(self, group_version: str) -> list[str]:
         return []
 
+    def ready_for(self, name: str) -> bool:
+        return True
+
     def add(self, group: str, *, ready: bool = True, address: str = "10.0.0.1") -> str:
         obj = builders.make_apiservice(group, service_namespace="ns", service_name=group, ca_bundle=None,
                                        insecure_skip_tls_verify=True)

@@ -17,24 +17,20 @@ def test_an_object_made_again_under_its_name_is_a_different_object() -> None:
     assert resync.unlisted(held, listed) == [("ns", "a", "old-uid")]
 
 
-def test_watched_forgets_on_delete_and_keeps_the_slices_service() -> None:
+def test_watched_forgets_on_delete() -> None:
     watched = resync.Watched()
-    watched.saw(resync.ENDPOINTSLICES, "ns", "api-abc", "u1", "api")
-    watched.saw(resync.ENDPOINTSLICES, "ns", "api-def", "u2", "api")
-    watched.saw(resync.APISERVICES, None, "v1.x.example.com", "u3")
-    assert watched.count(resync.ENDPOINTSLICES) == 2
-    assert watched.objects["endpointslices"][("ns", "api-abc", "u1")] == "api"
-    watched.deleted(resync.ENDPOINTSLICES, "ns", "api-abc", "u1")
-    assert watched.count(resync.ENDPOINTSLICES) == 1
+    watched.saw(resync.APISERVICES, None, "v1.x.example.com", "u1")
+    watched.saw(resync.APISERVICES, None, "v1.y.example.com", "u2")
+    assert watched.count(resync.APISERVICES) == 2
+    watched.deleted(resync.APISERVICES, None, "v1.x.example.com", "u1")
     assert watched.count(resync.APISERVICES) == 1
 
 
 def test_watched_ignores_objects_without_uid() -> None:
     watched = resync.Watched()
-    watched.saw(resync.SERVICES, "ns", "a", None)
-    assert watched.count(resync.SERVICES) == 0
+    watched.saw(resync.APISERVICES, None, "a", None)
+    assert watched.count(resync.APISERVICES) == 0
 
 
 def test_object_paths() -> None:
-    assert resync.SERVICES.path_of("ns", "a") == "/api/v1/namespaces/ns/services/a"
     assert resync.APISERVICES.path_of(None, "v1.x") == "/apis/apiregistration.k8s.io/v1/apiservices/v1.x"

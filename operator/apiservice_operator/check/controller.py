@@ -58,6 +58,8 @@ def retry_base(probes: Sequence[ProbeResult]) -> float | None:
     return CHEAP_RETRY_BASE if failed and all(e in CHEAP_FAILURES for e in failed) else None
 
 
+UNLISTED_RETRY = 0.2  # seconds: a Service's watches list in a round trip or two
+
 EventSink = Callable[[str, str | None, EventSpec], Awaitable[None]]
 
 __all__ = ["Controller", "Inputs", "Stats", "utc_now"]
@@ -176,8 +178,8 @@ class Controller:
     async def _check_and_reschedule(self, name: str) -> None:
         me = asyncio.current_task()
         try:
-            await self.check(name)
-            self._sweep_done(name)
+            if await self.check(name):
+                self._sweep_done(name)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -192,13 +194,18 @@ class Controller:
                 if self.inputs.apiservice(name) is not None:
                     self._next_periodic(name)
 
-    async def check(self, name: str) -> None:
+    async def check(self, name: str) -> bool:
+        """One check and its write; False when it could not run yet: the watches of the Service it
+        references have not listed (it would judge a Service it has not read as missing)."""
+        if not self.inputs.ready_for(name):
+            self.queue.schedule(name, UNLISTED_RETRY, urgent=True)
+            return False
         if self.inputs.apiservice(name) is not None:
             self.stats.checks += 1
         outcome = await self.pipeline.run(name, interval=self.periodic_interval(), remembered=self.written.previous)
         if outcome is None:
             self.forget(name)
-            return
+            return True
         plan = outcome.gathered.resolution.plan
         self.cadence.probed(name, plan is not None)
         if plan is not None:
@@ -211,6 +218,7 @@ class Controller:
             if evidence.asked is not None:
                 self.metrics.observe_path(evidence.asked)
         await self._settle(outcome)
+        return True
 
     def _probing(self) -> None:
         self.stats.probes += 1

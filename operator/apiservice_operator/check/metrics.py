@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from apiservice_operator.core.clientview import ClientView, Freshness, OpenAPI
 from apiservice_operator.core.decide.clients import DISCOVERY_STALE, OPENAPI_UNAVAILABLE
@@ -101,6 +103,11 @@ class Metrics:
             registry=r)
         self.leader = Gauge("apiservice_operator_leader", "1 on the replica that holds the Lease", registry=r)
 
+    def watch_counters(self, read: Callable[[], Sequence[tuple[str, int, int, int]]]) -> None:
+        """Our selective watches' own counts (kind, objects received, lists, watch requests), read at
+        each scrape: what reaches the operator from the wire, per kind."""
+        self.registry.register(_WatchCollector(read))
+
     def observe_probes(self, name: str, results: list[ProbeResult]) -> None:
         self.probes.inc()
         histogram = self.discovery_latency.labels(name=name)
@@ -166,3 +173,22 @@ class Metrics:
 def _label_sets(metric: Counter) -> list[tuple[str, ...]]:
     # prometheus_client keeps a labelled metric's children in _metrics; it has no public listing
     return [tuple(labels) for labels in metric._metrics]
+
+
+class _WatchCollector(Collector):
+    def __init__(self, read: Callable[[], Sequence[tuple[str, int, int, int]]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        received = CounterMetricFamily(
+            "apiservice_operator_watch_objects_received",
+            "Objects that reached the operator from kube-apiserver through its own watches (list items and "
+            "watch events), per kind: only what the APIServices reference is selected on the server", labels=["kind"])
+        requests = CounterMetricFamily(
+            "apiservice_operator_watch_requests", "List and watch requests of the operator's own watches, per kind",
+            labels=["kind", "verb"])
+        for kind, objects, lists, watches in self.read():
+            received.add_metric([kind], objects)
+            requests.add_metric([kind, "list"], lists)
+            requests.add_metric([kind, "watch"], watches)
+        return [received, requests]

@@ -1,7 +1,7 @@
-"""Forgets objects that were deleted while a watch was down.
+"""Forgets APIServices that were deleted while kopf's watch was down.
 
 kopf lists again when a watch expires (410 Gone, e.g. after kube-apiserver restarts), but it never
-drops what the new list lacks: an APIService, Service or EndpointSlice deleted during the gap would
+drops what the new list lacks: an APIService deleted during the gap would
 stay in kopf's indexes for good, and its verdict with it. kube-aggregator's informers do not have
 this hole (their re-list replaces the store). So every --resync-interval we compare each resource's
 count on the server (a list with limit=1 carries the total) with the objects our watches hold; only
@@ -37,15 +37,13 @@ class Kind:
 
 APISERVICES = Kind("apiservices", "/apis/apiregistration.k8s.io/v1/apiservices",
                    "/apis/apiregistration.k8s.io/v1/apiservices/{name}")
-SERVICES = Kind("services", "/api/v1/services", "/api/v1/namespaces/{namespace}/services/{name}")
-ENDPOINTSLICES = Kind("endpointslices", "/apis/discovery.k8s.io/v1/endpointslices",
-                      "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices/{name}")
-KINDS = (APISERVICES, SERVICES, ENDPOINTSLICES)
+# Services and EndpointSlices are our own watches now (kube/selectwatch.py), whose relist replaces
+# what they hold, as an informer's does: only kopf's APIServices need this
+KINDS = (APISERVICES,)
 
 
 class Watched:
-    """Which objects our watches have seen and not seen deleted, per kind; a slice keeps the name
-    of its Service (its label), to know which APIServices to re-check once it is forgotten."""
+    """Which objects kopf's watches have seen and not seen deleted, per kind."""
 
     def __init__(self) -> None:
         self.objects: dict[str, dict[Key, str | None]] = {kind.name: {} for kind in KINDS}

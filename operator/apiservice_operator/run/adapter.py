@@ -1,6 +1,8 @@
-"""The kopf adapter: the only module that imports kopf. Watches (indexes and event handlers only: no
-finalizer, no annotation, no kopf status; DESIGN 8 says why), our credentials handed to kopf's
-login, and kopf's start and stop. Its handlers only enqueue: the controller does the rest."""
+"""The kopf adapter: the only module that imports kopf. It watches the APIServices (indexes and event
+handlers only: no finalizer, no annotation, no kopf status; DESIGN 8 says why), hands our credentials
+to kopf's login, and starts and stops kopf. The Services, EndpointSlices and Namespaces the
+APIServices need are our own selective watches (run/referenced.py), whose scopes the APIService
+handler moves. Its handlers only enqueue: the controller does the rest."""
 
 from __future__ import annotations
 
@@ -18,26 +20,23 @@ from kopf._core.engines.indexing import OperatorIndexers
 from kopf._core.engines.peering import Identity as KopfIdentity
 
 from apiservice_operator.check.controller import Controller
-from apiservice_operator.core.blast import apiservice_name, blocking_group_versions
 from apiservice_operator.core.model import APISERVICES, Obj
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.kube import resync
 from apiservice_operator.kube.client import Credentials
+from apiservice_operator.run.referenced import Referenced
 from apiservice_operator.serve.health import HealthState
 
 log = logging.getLogger("apiservice_operator")
-# Full group, version and plural, as APISERVICES (core.model) is: DESIGN 8.
-SERVICES = ("", "v1", "services")
-ENDPOINTSLICES = ("discovery.k8s.io", "v1", "endpointslices")
-NAMESPACES = ("", "v1", "namespaces")
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
 class IndexInputs:
-    """Reads kopf's live indexes (filled by the watches) in the shape the controller wants."""
+    """Reads kopf's live APIService indexes and our referenced watches (run/referenced.py) in the
+    shape the controller wants."""
 
     def __init__(self) -> None:
         self.indices: dict[str, Any] = {}
+        self.referenced: Referenced | None = None
 
     def _one(self, index: str, key: object) -> Obj | None:
         store = self.indices[index].get(key) if index in self.indices else None
@@ -47,22 +46,31 @@ class IndexInputs:
         return self._one("apiservice_by_name", name)
 
     def service(self, namespace: str, name: str) -> Obj | None:
-        return self._one("service_by_name", (namespace, name))
+        return self.referenced.service(namespace, name) if self.referenced else None
 
     def slices(self, namespace: str, name: str) -> list[Obj]:
-        store = self.indices["slices_by_service"].get((namespace, name)) if self.indices else None
-        return list(store or [])
+        return self.referenced.slices_of(namespace, name) if self.referenced else []
 
     def apiservice_names(self) -> Iterable[str]:
         return list(self.indices.get("apiservice_by_name", {}).keys())
 
     def blocked_namespaces(self, group_version: str) -> list[str]:
-        store = self.indices["blocked_by_group_version"].get(group_version) if self.indices else None
-        return sorted(store or [])
+        return self.referenced.blocked_namespaces(group_version) if self.referenced else []
 
     def apiservices_of(self, namespace: str, name: str) -> list[str]:
         store = self.indices["apiservices_by_service"].get((namespace, name)) if self.indices else None
         return list(store or [])
+
+    def referenced_services(self) -> list[tuple[str, str]]:
+        """The Services the handled APIServices reference (keys of kopf's index)."""
+        return [key for key, names in self.indices.get("apiservices_by_service", {}).items() if names]
+
+    def ready_for(self, name: str) -> bool:
+        apiservice = self.apiservice(name)
+        ref = ((apiservice or {}).get("spec") or {}).get("service")
+        if not ref or self.referenced is None:
+            return True  # gone, or Local: nothing else to read
+        return self.referenced.covers(ref.get("namespace") or "", ref.get("name") or "")
 
 
 def _project_apiservice(body: kopf.Body, settings: Settings) -> Obj:
@@ -129,51 +137,6 @@ def build_registry(settings: Settings, controller_box: dict[str, Controller], cr
         ref = spec.get("service")
         return {(ref.get("namespace") or "", ref.get("name") or ""): name} if ref else None
 
-    @kopf.index(*SERVICES, id="service_by_name", registry=registry)
-    async def service_by_name(namespace: str | None, name: str, spec: kopf.Spec,
-                              **_: Any) -> dict[tuple[str, str], Obj]:
-        return {(namespace or "", name): {"spec": {
-            "type": spec.get("type"), "externalName": spec.get("externalName"),
-            "ports": [dict(p) for p in spec.get("ports") or []]}}}
-
-    @kopf.index(*ENDPOINTSLICES, id="slices_by_service", registry=registry)
-    async def slices_by_service(namespace: str | None, name: str, body: kopf.Body, labels: kopf.Labels,
-                          **_: Any) -> dict[tuple[str, str], Obj] | None:
-        service = labels.get(SERVICE_NAME_LABEL)
-        if not service:
-            return None
-        return {(namespace or "", service): {
-            "metadata": {"name": name},
-            "ports": [dict(p) for p in body.get("ports") or []],
-            "endpoints": [{"addresses": list(e.get("addresses") or []),
-                           "conditions": dict(e.get("conditions") or {})}
-                          for e in body.get("endpoints") or []],
-        }}
-
-    def waiting(body: kopf.Body, **_: Any) -> bool:
-        return bool(blocking_group_versions(body))
-
-    # Only Terminating namespaces whose deletion waits on discovery are kept (blast.py). A filter,
-    # not a None result: kopf keeps an object's old index entries when its handler returns None,
-    # and drops them only when the object stops matching the filter.
-    @kopf.index(*NAMESPACES, id="blocked_by_group_version", registry=registry, when=waiting)
-    async def blocked_by_group_version(name: str, body: kopf.Body, **_: Any) -> dict[str, str]:
-        return {gv: name for gv in blocking_group_versions(body)}
-
-    waiting_on: dict[str, tuple[str, ...]] = {}  # namespace -> the group/versions it waited on
-
-    @kopf.on.event(*NAMESPACES, registry=registry)
-    async def namespace_event(type: str | None, name: str, body: kopf.Body,  # noqa: A002
-                              **_: Any) -> None:
-        now = () if type == "DELETED" else blocking_group_versions(body)
-        before = waiting_on.pop(name, ())
-        if now:
-            waiting_on[name] = now
-        controller = controller_box.get("controller")
-        if controller is not None and (now or before):
-            # an unavailable API's message names the namespaces it blocks: re-decide those it gained or lost
-            controller.changed_now(apiservice_name(gv) for gv in set(now) | set(before))
-
     # Handlers that touch the queue are async: kopf runs sync handlers in a thread pool,
     # away from the event loop that owns the queue.
     @kopf.on.event(*APISERVICES, registry=registry)
@@ -186,6 +149,9 @@ def build_registry(settings: Settings, controller_box: dict[str, Controller], cr
         controller = controller_box.get("controller")
         if controller is None:
             return
+        referenced = inputs.referenced
+        if referenced is not None:
+            referenced.follow(inputs.referenced_services())
         if type == "DELETED" or not selector.matches((body.get("metadata") or {}).get("labels")):
             seen_generation.pop(name, None)
             seen_kube.pop(name, None)
@@ -199,28 +165,14 @@ def build_registry(settings: Settings, controller_box: dict[str, Controller], cr
         seen_kube[name] = kube
         if seen_generation.get(name) != key:
             seen_generation[name] = key
-            controller.changed_now([name])
+            if referenced is not None:
+                referenced.check_when_synced([name])
+            else:
+                controller.changed_now([name])
         elif kube_before is not None and kube_before != kube:
             # kube-apiserver's own verdict moved (it re-checks a failing server from 5 ms on): news
             # about the server that our backoff would otherwise wait for
             controller.kube_changed(name)
-
-    @kopf.on.event(*SERVICES, registry=registry)
-    async def service_event(type: str | None, namespace: str | None, name: str,  # noqa: A002
-                            uid: str | None, **_: Any) -> None:
-        track(resync.SERVICES, type, namespace, name, uid)
-        controller = controller_box.get("controller")
-        if controller is not None:
-            controller.changed_now(inputs.apiservices_of(namespace or "", name))
-
-    @kopf.on.event(*ENDPOINTSLICES, registry=registry)
-    async def slice_event(type: str | None, namespace: str | None, name: str,  # noqa: A002
-                          uid: str | None, labels: kopf.Labels, **_: Any) -> None:
-        controller = controller_box.get("controller")
-        service = labels.get(SERVICE_NAME_LABEL)
-        track(resync.ENDPOINTSLICES, type, namespace, name, uid, service)
-        if controller is not None and service:
-            controller.changed_now(inputs.apiservices_of(namespace or "", service))
 
     return registry
 
@@ -242,29 +194,19 @@ def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
     return s
 
 
-def forget_ghost(kind: resync.Kind, key: resync.Key, watched: resync.Watched, indexers: OperatorIndexers,
-                 inputs: IndexInputs, controller: Controller) -> None:
-    """What a DELETED event would have done, had the watch been there to see it."""
+def forget_ghost(key: resync.Key, watched: resync.Watched, indexers: OperatorIndexers,
+                 controller: Controller) -> None:
+    """What a DELETED event of an APIService would have done, had the watch been there to see it."""
     namespace, name, uid = key
-    service = watched.objects[kind.name].get(key)
-    log.warning("forgetting %s %s: deleted while our watch was down (kopf's re-list keeps it)",
-                kind.name, f"{namespace}/{name}" if namespace else name)
+    log.warning("forgetting apiservice %s: deleted while our watch was down (kopf's re-list keeps it)", name)
     # kopf's index key is (namespace, name, uid), read with .get(): None stands for cluster-scoped
     body: Any = {"metadata": {"namespace": namespace, "name": name, "uid": uid}}
     indexers.discard(body)
-    watched.deleted(kind, namespace, name, uid)
-    if kind is resync.APISERVICES:
-        controller.forget(name)
-    elif kind is resync.SERVICES:
-        controller.changed_now(inputs.apiservices_of(namespace or "", name))
-    elif service:
-        controller.changed_now(inputs.apiservices_of(namespace or "", service))
+    watched.deleted(resync.APISERVICES, namespace, name, uid)
+    controller.forget(name)
 
 
-
-
-INDEXES = ("apiservice_by_name", "apiservices_by_service", "service_by_name", "slices_by_service",
-           "blocked_by_group_version")
+INDEXES = ("apiservice_by_name", "apiservices_by_service")
 
 
 class Watches:
@@ -295,5 +237,5 @@ class Watches:
             identity=KopfIdentity(holder),
         )
 
-    def forget_ghost(self, kind: resync.Kind, key: resync.Key, controller: Controller) -> None:
-        forget_ghost(kind, key, self.watched, self.indexers, self.inputs, controller)
+    def forget_ghost(self, key: resync.Key, controller: Controller) -> None:
+        forget_ghost(key, self.watched, self.indexers, controller)

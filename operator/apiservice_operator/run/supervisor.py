@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from apiservice_operator.check.controller import Controller
@@ -34,6 +34,7 @@ from apiservice_operator.probing.probe import Prober, inspect_tls
 from apiservice_operator.probing.serverdocs import ask_server
 from apiservice_operator.run import heap
 from apiservice_operator.run.adapter import IndexInputs, Watches
+from apiservice_operator.run.referenced import Referenced
 from apiservice_operator.serve.explain import explain
 from apiservice_operator.serve.health import HealthState, serve_explain
 from apiservice_operator.serve.health import serve as serve_health
@@ -155,6 +156,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                             license=elector.license if elector is not None else _unbounded,
                             token_problem=prober_id.token_problem if prober_id is not None else _nothing)
     health.problems = controller.problems
+    # the Services, EndpointSlices and Terminating Namespaces the APIServices reference, and no others
+    referenced = Referenced(credentials, inputs.apiservices_of, path_probe=checker is not None)
+    referenced.on_check = controller.changed_now
+    inputs.referenced = referenced
+    metrics.watch_counters(lambda: [(w.name, w.received, w.lists, w.watch_requests) for w in referenced.watches])
     watches = Watches(settings, {"controller": controller}, credentials, inputs, health, resync.Watched(),
                       on_start=lambda: take_signals_back())
 
@@ -182,7 +188,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         asyncio.create_task(heap.give_back_every(), name="heap trim"),
         asyncio.create_task(recorder.run(), name="events"),
         asyncio.create_task(_check_permissions(credentials, perms, controller.problems), name="permissions"),
-        asyncio.create_task(_probe_loop(controller, ready, elector, health, metrics, prober_id), name="probe loop"),
+        asyncio.create_task(referenced.run(), name="referenced watches"),
+        asyncio.create_task(_probe_loop(controller, ready, elector, health, metrics, prober_id,
+                                        lambda: referenced.first_sync(inputs.referenced_services())),
+                       name="probe loop"),
     ]
     if prober_id is not None:
         background.append(asyncio.create_task(prober_id.run(), name="probe identity"))
@@ -263,7 +272,7 @@ async def _resync_loop(interval: float, ready: asyncio.Event, credentials: Crede
                 log.warning("resync of %s failed: %r", kind.name, exc)
                 continue
             for key in ghosts:
-                watches.forget_ghost(kind, key, controller)
+                watches.forget_ghost(key, controller)
 
 
 async def _heartbeat(health: HealthState) -> None:
@@ -294,8 +303,10 @@ async def _check_permissions(credentials: Credentials, perms: list[Permission], 
 
 
 async def _probe_loop(controller: Controller, ready: asyncio.Event, elector: LeaderElector | None,
-                      health: HealthState, metrics: Metrics, identity: ProbeIdentity | None) -> None:
+                      health: HealthState, metrics: Metrics, identity: ProbeIdentity | None,
+                      synced: Callable[[], Awaitable[None]]) -> None:
     await ready.wait()
+    await synced()
     if identity is not None:
         # probes sent before the first token would go anonymous and read as refusals
         with contextlib.suppress(TimeoutError):
