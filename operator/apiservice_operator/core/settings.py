@@ -145,7 +145,7 @@ _FLAGS: Sequence[tuple[str, Any, str]] = (
                                    "credential sent to aggregated servers; `none` sends none"),
     ("cert-expiry-warning", float, "Degraded (CertificateExpiring) when a served certificate or a caBundle CA "
                                    "ends within this many days; 0 turns it off"),
-    ("resync-interval", float, "this often, seconds, find objects deleted while a watch was down (kopf's "
+    ("resync-interval", float, "this often, seconds, find APIServices deleted while kopf's watch was down (its "
                                "re-list after 410 Gone keeps them) and forget them; 0 turns it off"),
 )
 
