@@ -64,7 +64,7 @@ class ClientsReader(Protocol):
     server's own documents (probing/clientview.ClientViewReader)."""
 
     async def view(self, instances: Sequence[Target], server_name: str, plan: ProbePlan,
-                   own_resources: Sequence[str], everything: bool = False) -> ClientView: ...
+                   own_resources: Sequence[str], everything: bool = False, ask: bool = True) -> ClientView: ...
 
 
 class Inputs(Protocol):
@@ -171,7 +171,12 @@ class Pipeline:
                     if self.clients is not None:
                         instances, server_name, _ = self.path.targets()
                         own = sorted({r for p in evidence.probes if p.ok for r in p.resources})
-                        evidence.clients = await self.clients.view(instances, server_name, plan, own, everything=traced)
+                        # the server's own documents are asked at an endpoint that answers, and only where
+                        # one does: where none does, that hop names the verdict and needs no more requests
+                        answering = tuple(p.target for p in evidence.probes if p.ok)[:1]
+                        asked = replace(plan, targets=answering) if answering else plan
+                        evidence.clients = await self.clients.view(instances, server_name, asked, own,
+                                                                   everything=traced, ask=bool(answering))
             except Exception as exc:
                 # every check ends in a verdict: one that cannot gather its evidence says so, rather
                 # than leave the last verdict standing while it retries

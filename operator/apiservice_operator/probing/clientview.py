@@ -45,6 +45,7 @@ ACCEPT = f"{V2_ACCEPT};profile=nopeer, {V2_ACCEPT}"
 MAX_BODY = 32 << 20  # bytes of /apis or /openapi/v3 (or one group's OpenAPI document) at most
 MAX_AGE = 5.0  # seconds a read serves every check that asks for it
 RECHECK_AGE = 0.5  # seconds: a read older than this is asked again before a group/version is judged not Current
+KEEP_ON_ERROR = 60.0  # seconds a good read stands in for failed ones
 MAX_DOCUMENTS = 4096  # OpenAPI document answers remembered per instance
 DOCUMENT_AGE = 300.0  # seconds an answered OpenAPI document stands before it is read again
 
@@ -92,13 +93,15 @@ class ClientViewReader:
         self.reads = 0  # requests sent, for tests and the benchmark
 
     async def view(self, instances: Sequence[Target], server_name: str, plan: ProbePlan,
-                   own_resources: Sequence[str], everything: bool = False) -> ClientView:
-        """`everything`: ask the server's own documents even where the view is right (explain)."""
+                   own_resources: Sequence[str], everything: bool = False, ask: bool = True) -> ClientView:
+        """`ask`: the server's own documents may be asked where the view is wrong (the caller knows
+        its endpoints answer: a failing server's verdict names its own hop, and needs no more
+        requests); `everything`: ask them even where the view is right (explain)."""
         self._forget_all_but(instances)
         views = await asyncio.gather(*(self._view(i, server_name, plan.group_version, own_resources)
                                        for i in instances))
         view = ClientView(tuple(views))
-        wanted = tuple(Document) if everything else view.wants()
+        wanted = tuple(Document) if everything else view.wants() if ask else ()
         if wanted and self.ask is not None:
             view = replace(view, server=await self.ask(plan, wanted))
         return view
@@ -185,6 +188,11 @@ class ClientViewReader:
             read = _Read(None, f"timeout: no complete {root.path} within {self.budget:g}s", "", self.clock())
         except (httpx.HTTPError, OSError, boundedjson.DocumentError) as exc:
             read = _Read(None, f"{type(exc).__name__}: {str(exc)[:200]}", "", self.clock())
+        if read.parsed is None and last is not None and last.parsed is not None and \
+                self.clock() - last.at < KEEP_ON_ERROR:
+            # one failed read of an instance says nothing of the APIServices (the path probe judges the
+            # instance): the last good one stands for a while, or every verdict's message would flap
+            return last
         self._last[(instance, root.path)] = read
         return read
 
