@@ -39,7 +39,7 @@ from apiservice_operator.core.model import (
     Target,
     Verdict,
 )
-from apiservice_operator.core.path import PathEvidence, PathResult
+from apiservice_operator.core.path import PathEvidence, PathOutcome, PathResult
 from apiservice_operator.core.resolve import resolve
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.probing.pathcheck import PathChecker
@@ -168,7 +168,12 @@ class Pipeline:
                 apiservice = fresher
                 if self.path is not None and evidence.via_path:
                     evidence.path = await self.path.evidence(apiservice, plan, evidence.through)
-                    if self.clients is not None:
+                    # what clients read matters only where an endpoint answers and a request through
+                    # kube-apiserver passes: elsewhere that hop names the verdict, and reading more through
+                    # a hung server (its OpenAPI document) would only hold the verdict back
+                    reachable = any(p.ok for p in evidence.probes) and any(
+                        r.outcome is PathOutcome.PASSED for r in evidence.path.results)
+                    if self.clients is not None and (reachable or traced):
                         instances, server_name, _ = self.path.targets()
                         own = sorted({r for p in evidence.probes if p.ok for r in p.resources})
                         # the server's own documents are asked at an endpoint that answers, and only where
