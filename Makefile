@@ -61,7 +61,7 @@ image: ## build the operator image; BASE_IMAGE=... picks the base (default pytho
 	$(MAKE) wheels
 	docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
 
-bench: install kube-binaries ## operator vs kube-apiserver's own controller; writes bench/results/ (BENCH_REPS, BENCH_SIZES, BENCH_HANG, BENCH_WINDOW)
+bench: install kube-binaries ## operator vs kube-apiserver's own controller; writes bench/results/ (BENCH_REPS, BENCH_SIZES, BENCH_HANG, BENCH_WINDOW, BENCH_BIG)
 	$(PYTHON) -m pip install --quiet matplotlib py-spy
 	hack/netns-run $(PYTHON) -m bench
 

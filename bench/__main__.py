@@ -7,7 +7,8 @@ Writes bench/results/<date>-<what>.md and .png.
   (bench/latency.py says how they are kept apart); the endpoint faults on the local control plane,
   the user's-path faults (kube-apiserver instances cut from the server) on a second plane of two
   kube-apiservers at the same time (BENCH_PATH=0 leaves it out; it needs root and iptables).
-- Mass hang and scale on the first plane, one N after another.
+- Mass hang and scale on the first plane, one N after another; then the big cluster (BENCH_BIG unrelated
+  Services and EndpointSlices, 10,000 by default, 0 leaves it out; bench/bigcluster.py).
 The machine's load is measured before anything starts, and during each steady window.
 """
 
@@ -27,11 +28,11 @@ from tests.cluster.kube import Kube, wait_for
 from tests.cluster.multiplane import MultiControlPlane, unavailable_reason
 from tests.cluster.operator import install_manifests, service_account_kubeconfig
 
-from bench import latency, load, report, scale, targets
+from bench import bigcluster, latency, load, report, scale, targets
 from bench.watcher import Watcher
 
 ENV = ("BENCH_REPS", "BENCH_SIZES", "BENCH_HANG", "BENCH_HANG_BOUND", "BENCH_WINDOW", "BENCH_PATH",
-       "BENCH_OPERATOR_PATH")
+       "BENCH_OPERATOR_PATH", "BENCH_BIG", "BENCH_BIG_CHURN", "BENCH_BIG_SECONDS")
 
 
 def say(text: str) -> None:
@@ -163,16 +164,25 @@ def main() -> int:
             hangs.append(scale.mass_hang(main_plane.kube, main_plane.kubeconfig, work, ca, main_plane.watcher, n,
                                          hang_bound, say))
 
+        big_rows = None
+        unrelated = int(os.environ.get("BENCH_BIG", "10000"))
+        if unrelated > 0:
+            say(f"big cluster: 20 APIServices beside {unrelated} unrelated Services and EndpointSlices")
+            big = bigcluster.measure(main_plane.cp, main_plane.kube, main_plane.kubeconfig, work, ca,
+                                     main_plane.watcher, unrelated, float(os.environ.get("BENCH_BIG_CHURN", "100")),
+                                     float(os.environ.get("BENCH_BIG_SECONDS", "60")), window, say)
+            big_rows = bigcluster.table(big)
+
         verdicts = targets.evaluate(samples, results, hangs, intervals.get("endpoints"))
         stamp = datetime.date.today().isoformat()
-        what = f"twins-n{max(sizes, default=0)}-r{reps}"
+        what = f"twins-n{max(sizes, default=0)}-r{reps}" if sizes or reps else f"big-cluster-u{unrelated}"
         if os.environ.get("BENCH_OPERATOR_PATH"):
             what += "-proposed-operator"
         out = REPO / "bench" / "results"
         out.mkdir(parents=True, exist_ok=True)
         facts = {"date": stamp, "Kubernetes": KUBE_VERSION, **report.machine_facts()}
         report.write(out / f"{stamp}-{what}.md", command, facts, before, samples, intervals, results, hangs,
-                     verdicts, notes)
+                     verdicts, notes, big_rows)
         report.plot(out / f"{stamp}-{what}.png", samples, results)
         print((out / f"{stamp}-{what}.md").read_text())
         say(f"written: bench/results/{stamp}-{what}.md and .png; logs and raw profiles in {work}")

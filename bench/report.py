@@ -156,7 +156,7 @@ def profile_summary(raw: str, seconds: float | None = None, top: int = 12) -> li
 
 def write(path: Path, command: str, facts: dict[str, str], before: Load, samples: Samples,
           intervals: dict[str, float], scale: list[ScaleResult], hangs: list[MassHang],
-          verdicts: list[Verdict], notes: list[str]) -> None:
+          verdicts: list[Verdict], notes: list[str], big: list[str] | None = None) -> None:
     lines = ["# Benchmark: apiservice-operator beside kube-apiserver's availability controller", "",
              f"Command: `{command}`", ""]
     lines += [f"- {k}: {v}" for k, v in facts.items()]
@@ -171,6 +171,8 @@ def write(path: Path, command: str, facts: dict[str, str], before: Load, samples
     lines += path_table(scale)
     lines += ["", "Other processes during each steady window:", ""]
     lines += [f"- N = {r.n}: {r.others.describe()}" for r in scale if r.others is not None]
+    if big is not None:
+        lines += ["", "## Big cluster: 20 APIServices beside unrelated Services and EndpointSlices", "", *big]
     lines += ["", "## Targets", "", *(f"- {v.line()}" for v in verdicts)]
     for r in scale:
         if r.startup_profile:
