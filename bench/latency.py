@@ -103,6 +103,10 @@ class Fault:
     # other (kubernetes/kubernetes#111890), so a change back to True is no recovery
     theirs_recovers: bool = True
     physical: str = "budget + interval"
+    # seconds from the strike to the repair, at least (0: repaired once every verdict has flipped):
+    # after a long outage kube-apiserver's backoff (5 ms doubling to 30 s) and its discovery retry
+    # (0.5 s doubling to a minute) have grown, and recovery is measured at their pace
+    outage: float = 0.0
 
 
 def _stop(lane: Lane) -> None:
@@ -120,7 +124,12 @@ ENDPOINT_FAULTS = [
     Fault("server killed (refused)", _stop, _start, physical="interval"),
     Fault("server answers 500", lambda a: a.api.set_state(mode="status", status=500),
           lambda a: a.api.set_state(mode="healthy"), physical="interval"),
+    # recovery after outages of a set length (issue 26): short, and long enough for every backoff to grow
+    Fault("server killed for 10 s (recovery)", _stop, _start, physical="interval", outage=10.0),
+    Fault("server killed for 3 min (recovery)", _stop, _start, physical="interval", outage=180.0),
 ]
+RECOVERY_FAULTS = ("server answers 500", "server killed (refused)", "server killed for 10 s (recovery)",
+                   "server killed for 3 min (recovery)")
 
 
 def path_faults(plane: MultiControlPlane) -> list[Fault]:
@@ -183,6 +192,7 @@ def one_fault(fault: Fault, lane: Lane, watcher: Watcher, reps: int, samples: Sa
         for which, (name, ctype, bad, _) in targets.items():
             t = watcher.wait(name, ctype, bad, t0, BOUND)
             samples.add(fault.name, "fault", which, None if t is None else t - t0)
+        time.sleep(max(0.0, t0 + fault.outage - time.monotonic()))
         t1 = time.monotonic()
         fault.repair(lane)
         for which, (name, ctype, bad, good) in targets.items():

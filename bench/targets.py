@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.latency import TWIN, US, Samples
+from bench.latency import RECOVERY_FAULTS, TWIN, US, Samples
 from bench.scale import MassHang, ScaleResult
 
 BUDGET = 5.0  # the operator's default --probe-timeout, which the bench does not change
@@ -70,6 +70,14 @@ def evaluate(samples: Samples, results: list[ScaleResult], hangs: list[MassHang]
         out.append(Verdict("single hang within 1 s of the physical limit (budget + periodic interval)",
                            ours <= limit + 1,
                            f"median {ours:.2f} s, limit {BUDGET:g} + {interval:g} = {limit:g} s{ratio}"))
+    for fault in RECOVERY_FAULTS:
+        ours, theirs = samples.median(fault, US, "recovery"), samples.median(fault, TWIN, "recovery")
+        if ours is None or theirs is None:
+            continue
+        # ours says True only once kube-apiserver's aggregated discovery is Current again (the clients'
+        # view): kube-apiserver's Available, unaided, is the reference the issue sets
+        out.append(Verdict(f"recovery, {fault}: within kube-apiserver's own + 0.5 s", ours <= theirs + 0.5,
+                           f"median {ours:.2f} s; kube-apiserver unaided {theirs:.2f} s"))
     empty = "EndpointSlice emptied"
     ours, theirs = samples.median(empty, US), samples.median(empty, TWIN)
     if ours is not None and theirs is not None:
