@@ -26,7 +26,7 @@ from apiservice_operator.check.pipeline import ClientsReader, Inputs, Outcome, P
 from apiservice_operator.check.schedule import ProbeQueue
 from apiservice_operator.check.sharing import EndpointSharing
 from apiservice_operator.check.writegate import WriteGate
-from apiservice_operator.core.decide import changed
+from apiservice_operator.core.decide import AWAITING, changed
 from apiservice_operator.core.model import (
     WRITES_IN_FLIGHT,
     Condition,
@@ -230,6 +230,13 @@ class Controller:
         self.metrics.observe_clients(name, outcome.evidence.clients, new[0], new[1])
         if new[0].status is Status.TRUE:
             self.retry.succeeded(name)
+        elif new[0].reason == AWAITING:
+            # the server answers; kube-apiserver is catching up (its proxy taking in its own verdict, its
+            # discovery refreshing), within a second or two: the outage's grown backoff no longer applies
+            prior = next((c for c in previous if c.type == new[0].type), None)
+            if prior is None or prior.reason != AWAITING:
+                self.retry.succeeded(name)
+            self.retry.failed(name, base=CHEAP_RETRY_BASE)
         else:
             self.retry.failed(name, base=retry_base(outcome.evidence.probes))
         if not changed(new, previous):
