@@ -72,6 +72,26 @@ async def test_a_change_at_the_endpoints_asks_the_instances_again_at_once() -> N
     assert fresh and len(sent) == 2
 
 
+async def test_a_gated_answer_is_asked_again_at_the_next_check() -> None:
+    """kube-apiserver's own 503 lifts milliseconds after its check passes: reused for the interval,
+    it held a recovered verdict back by seconds."""
+    sent: list[ProbePlan] = []
+    clock = Clock()
+
+    async def gated(plan: ProbePlan) -> list[ProbeResult]:
+        sent.append(plan)
+        return [ProbeResult(t, False, 0.01, None, "bad status: 503", 503, "service unavailable") for t in plan.targets]
+
+    path = PathChecker("instances", ACCESS, Slices(), gated, None, clock)
+    direct = [ProbeResult(EP, True, 0.01)]
+    results, _ = await path.check("demo", PLAN, None, interval=10.0)
+    assert {r.outcome for r in results} == {PathOutcome.GATED}
+    path.settle("demo", results, direct)
+    clock.now += 1
+    _, fresh = await path.check("demo", PLAN, direct, interval=10.0)
+    assert fresh and len(sent) == 2
+
+
 async def test_forget_drops_what_was_kept() -> None:
     path, _, _ = checker()
     results, _ = await path.check("demo", PLAN, None, interval=10.0)

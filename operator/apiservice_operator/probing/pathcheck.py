@@ -72,6 +72,7 @@ class _Recent:
     at: float
     direct: frozenset[tuple[Target, bool]]
     route: PathProbeMode  # INSTANCES or KUBECONFIG: what was asked (`auto` may change it)
+    gated: bool = False  # some instance answered kube-apiserver's own 503: it may lift at any moment
 
 
 ProbeFn = Callable[[ProbePlan], Awaitable[list[ProbeResult]]]
@@ -166,7 +167,9 @@ class PathChecker:
         await self.refresh()
         recent = self._recent.get(name)
         if (recent is not None and direct is not None and self.clock() - recent.at < interval
-                and recent.direct == _signature(direct) and recent.route is self.route()):
+                and recent.direct == _signature(direct) and recent.route is self.route() and not recent.gated):
+            # a gated answer is not reused: kube-apiserver lifts its 503 as soon as its own check passes
+            # (milliseconds after a repair), and reusing it held a recovered verdict back by the interval
             return recent.results, False
         return tuple(await self.ask(plan)), True
 
@@ -179,7 +182,8 @@ class PathChecker:
         if any(p.ok for p in direct) and recent is not None and not any(ok for _, ok in recent.direct):
             self._memory.pop(name, None)
         merged, self._memory[name] = remember(self._memory.get(name, {}), fresh, now)
-        self._recent[name] = _Recent(merged, now, _signature(direct), self.route())
+        self._recent[name] = _Recent(merged, now, _signature(direct), self.route(),
+                                     any(r.outcome is PathOutcome.GATED for r in fresh))
         return merged
 
     async def ask(self, plan: ProbePlan) -> list[PathResult]:
