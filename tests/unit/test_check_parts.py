@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from apiservice_operator.check.cadence import Cadence
-from apiservice_operator.check.controller import CHEAP_RETRY_BASE, retry_base
+from apiservice_operator.check.controller import CHEAP_RETRY_BASE, CHEAP_RETRY_CAP, cheap_retry_cap, retry_base
 from apiservice_operator.check.memory import Sweep, Written
 from apiservice_operator.check.pacing import Pacing
 from apiservice_operator.check.sharing import EndpointSharing
@@ -77,6 +77,19 @@ def test_refused_and_error_statuses_are_cheap_to_ask_again_and_timeouts_are_not(
     assert retry_base([failed(A, ErrorKind.REFUSED), failed(B, ErrorKind.TIMEOUT)]) is None
     assert retry_base([failed(A, ErrorKind.TLS)]) is None
     assert retry_base([ok(A)]) is None  # the endpoints pass: what fails is another hop, at the policy's pace
+
+
+@pytest.mark.parametrize(("failing", "interval", "cap"), [
+    (1, 20.0, CHEAP_RETRY_CAP),  # one server down: asked again at least twice a second
+    (10, 20.0, CHEAP_RETRY_CAP),  # 10 at 0.5 s: 20/s, the probe rate
+    (100, 20.0, 5.0),  # 100 share the rate: each every 5 s
+    (1000, 20.0, 20.0),  # never past the periodic interval
+    (1, 0.2, 0.2),  # nor past a periodic interval shorter than the cap
+])
+def test_cheap_retries_are_capped_short_while_few_fail_and_within_the_rate_when_many(
+    failing: int, interval: float, cap: float,
+) -> None:
+    assert cheap_retry_cap(failing, 20.0, interval) == pytest.approx(cap)
 
 
 def test_success_resets_and_each_key_counts_alone() -> None:

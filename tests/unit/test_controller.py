@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from apiservice_operator.check.controller import Controller
+from apiservice_operator.check.controller import CHEAP_RETRY_CAP, Controller
 from apiservice_operator.check.schedule import ProbeQueue
 from apiservice_operator.core.model import Condition, ErrorKind, Obj, ProbePlan, ProbeResult, WriteFailed
 from apiservice_operator.core.settings import Settings
@@ -240,6 +241,55 @@ async def test_failing_apiservice_is_rechecked_sooner_so_recovery_shows_within_s
     await asyncio.gather(task, return_exceptions=True)
     recovered = [t for n, conds, t in recorder.writes if n == name and conds[0].reason == "Passed"]
     assert recovered and recovered[0] - repaired <= 10.5
+
+
+async def test_a_refusing_server_is_asked_again_within_half_a_second_however_long_it_was_down() -> None:
+    """A refused connection costs the server nothing: its retries stop growing at CHEAP_RETRY_CAP, so
+    a recovery after any outage shows within half a second, as kube-apiserver's unaided check sees it."""
+    world = World()
+    name = world.add("refusing.example.com")
+    state = {"broken": True}
+    asked: list[float] = []
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        asked.append(asyncio.get_running_loop().time())
+        if state["broken"]:
+            return [ProbeResult(t, False, 0.01, ErrorKind.REFUSED, "connection refused") for t in plan.targets]
+        return healthy(plan)
+
+    recorder = Recorder(world)
+    controller = Controller(Settings(probe_interval=10, min_probe_interval=10), world, probe, recorder.write)
+    controller.changed_now([name])
+    task = asyncio.create_task(controller.run())
+    await asyncio.sleep(60)
+    gaps = [b - a for a, b in itertools.pairwise(asked) if b > 10]
+    assert gaps and max(gaps) <= CHEAP_RETRY_CAP + 0.01, max(gaps)
+    state["broken"] = False
+    repaired = asyncio.get_running_loop().time()
+    await asyncio.sleep(2)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    recovered = [t for n, conds, t in recorder.writes if n == name and conds[0].reason == "Passed"]
+    assert recovered and recovered[0] - repaired <= CHEAP_RETRY_CAP + 0.01
+
+
+async def test_many_refusing_servers_are_retried_within_the_probe_rate_together() -> None:
+    world = World()
+    names = [world.add(f"refusing{i}.example.com", address=f"10.0.1.{i}") for i in range(100)]
+    asked: list[float] = []
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        asked.append(asyncio.get_running_loop().time())
+        return [ProbeResult(t, False, 0.01, ErrorKind.REFUSED, "connection refused") for t in plan.targets]
+
+    settings = Settings(probe_interval=30, min_probe_interval=30, max_probe_rate=20)
+    controller = Controller(settings, world, probe, Recorder(world).write)
+    controller.changed_now(names)
+    await run_for(controller, 60)
+    # past the first doublings, 100 failing APIServices share the rate: 20/s, plus the jitter's tenth
+    late = [t for t in asked if 30 <= t < 60]
+    assert len(late) <= 30 * 20 * 1.12, len(late)
+    assert len(late) >= 30 * 20 * 0.8, len(late)  # and each is still retried every ~5 s, not at the 30 s interval
 
 
 async def test_few_apiservices_are_reprobed_at_the_min_interval_many_within_the_rate() -> None:

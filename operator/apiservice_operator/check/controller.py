@@ -51,11 +51,22 @@ Writer = Callable[[str, Sequence[Condition]], Awaitable[bool]]
 # TLS failure holds a connection or a handshake, and keeps the policy's 1 s
 CHEAP_FAILURES = frozenset({ErrorKind.REFUSED, ErrorKind.HTTP_STATUS})
 CHEAP_RETRY_BASE = 0.1
+# ... and capped here rather than at the interval: after a 10 s outage a backoff grown to the interval
+# (4 s) held the recovery back by 2-4 s where kube-apiserver's unaided check saw it within 0.1 s
+# (make bench). Our AwaitingKubeAPIServer write is what makes kube-apiserver re-check at once.
+CHEAP_RETRY_CAP = 0.5
 
 
 def retry_base(probes: Sequence[ProbeResult]) -> float | None:
     failed = [p.error for p in probes if not p.ok]
     return CHEAP_RETRY_BASE if failed and all(e in CHEAP_FAILURES for e in failed) else None
+
+
+def cheap_retry_cap(failing: int, max_rate: float, interval: float) -> float:
+    """How long a cheaply failing APIService may wait at most: CHEAP_RETRY_CAP while few fail, longer
+    as more do, so that their retries together stay within --max-probe-rate (a shared server down
+    behind 1,000 APIServices is no storm), and never longer than the periodic interval."""
+    return min(interval, max(CHEAP_RETRY_CAP, failing / max_rate))
 
 
 UNLISTED_RETRY = 0.2  # seconds: a Service's watches list in a round trip or two
@@ -117,6 +128,7 @@ class Controller:
         self.written = Written()
         self.sweep = Sweep()
         self.gate = WriteGate(self.settings.max_write_rate, license=lambda: self.license())
+        self._cheap: set[str] = set()  # failing cheaply (refused, an error status) or awaiting kube-apiserver
 
     # --- triggers -------------------------------------------------------------------------------
     def kube_changed(self, name: str) -> None:
@@ -134,6 +146,7 @@ class Controller:
         self.queue.forget(name)
         self.written.forget(name)
         self.retry.forget(name)
+        self._cheap.discard(name)
         self.cadence.forget(name)
         self.sharing.forget(name)
         self.pipeline.forget(name)
@@ -149,9 +162,14 @@ class Controller:
     def _next_periodic(self, name: str) -> None:
         interval = self.periodic_interval()
         self.metrics.probe_interval.set(interval)
-        retry = self.retry.delay(name, interval)
+        retry = self.retry.delay(name, self._retry_cap(name, interval))
         delay = retry if retry is not None else self.cadence.next_delay(name, interval)
         self.queue.schedule(name, delay, urgent=False)
+
+    def _retry_cap(self, name: str, interval: float) -> float:
+        if name not in self._cheap:
+            return interval
+        return cheap_retry_cap(len(self._cheap), self.settings.max_probe_rate, interval)
 
     # --- the loop -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -186,6 +204,7 @@ class Controller:
             if not isinstance(exc, WriteFailed | WriteForbidden):
                 log.exception("check failed name=%s", name)
             self.retry.failed(name, getattr(exc, "retry_after", None))
+            self._cheap.discard(name)
             delay = self.retry.delay(name, self.periodic_interval())
             self.queue.schedule(name, delay if delay is not None else 1.0, urgent=True)
         finally:
@@ -228,6 +247,7 @@ class Controller:
         self.metrics.blocked_namespaces.labels(name=name).set(len(outcome.blocked))
         self.metrics.observe_conditions(name, new[0])
         self.metrics.observe_clients(name, outcome.evidence.clients, new[0], new[1])
+        self._cheap.discard(name)
         if new[0].status is Status.TRUE:
             self.retry.succeeded(name)
         elif new[0].reason == AWAITING:
@@ -237,8 +257,12 @@ class Controller:
             if prior is None or prior.reason != AWAITING:
                 self.retry.succeeded(name)
             self.retry.failed(name, base=CHEAP_RETRY_BASE)
+            self._cheap.add(name)
         else:
-            self.retry.failed(name, base=retry_base(outcome.evidence.probes))
+            base = retry_base(outcome.evidence.probes)
+            self.retry.failed(name, base=base)
+            if base is not None:
+                self._cheap.add(name)
         if not changed(new, previous):
             return
         before = {c.type: c for c in previous}
