@@ -26,6 +26,7 @@ import httpx
 from kubernetes_asyncio import client
 
 from apiservice_operator.core.blast import blocked_count
+from apiservice_operator.core.consumers import stalled_count
 from apiservice_operator.core.model import DEFAULT_CONDITION_PREFIX, GROUP, PLURAL, VERSION, ConditionTypes
 from apiservice_operator.kube.client import API_TIMEOUT, Credentials
 from apiservice_operator.kube.portforward import ForwardFailed, forwarded, operator_pod
@@ -39,7 +40,7 @@ _FAILED = re.compile(r"from (\d+)/(\d+) endpoints")
 _CERT_ENDS = re.compile(r"(?:earliest certificate ends |a certificate ends in \d+ days? \()(\d{4}-\d\d-\d\dT[\d:]+Z)")
 # the clients' view: in how many instances' aggregated discovery it is Current (decide/clients.counts)
 _DISCOVERY = re.compile(r"aggregated discovery Current in (\d+)/(\d+) instances")
-WIDE_COLUMNS = ("DISCOVERY", "CERT", "BLOCKING", "MESSAGE")
+WIDE_COLUMNS = ("DISCOVERY", "CERT", "BLOCKING", "STALLING", "MESSAGE")
 _COLOURS = {"True": "32", "False": "31", "Unknown": "33", "Degraded": "33"}
 
 
@@ -100,6 +101,7 @@ def row(obj: dict[str, Any], types: ConditionTypes, now: datetime.datetime) -> d
         "DISCOVERY": f"{discovery[1]}/{discovery[2]}" if discovery else "",
         "CERT": cert,
         "BLOCKING": str(blocking) if (blocking := blocked_count(ours.get("message", ""))) else "",
+        "STALLING": str(stalling) if (stalling := stalled_count(ours.get("message", ""))) else "",
         "MESSAGE": message,
     }
 

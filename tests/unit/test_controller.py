@@ -522,3 +522,31 @@ async def test_a_refusal_of_probes_sent_without_our_token_says_why_the_token_is_
     available = [w[1] for w in recorder.writes if w[0] == name][-1][0]
     assert (str(available.status), available.reason) == ("Unknown", "ProbeUnauthorized")
     assert "went without the probe identity's token (minting the probe identity's token failed" in available.message
+
+
+async def test_a_failing_metrics_api_names_the_hpas_it_stalls_and_a_working_one_reads_none() -> None:
+    world = World()
+    metrics = world.add("metrics.k8s.io")
+    other = world.add("wardle.example.com", address="10.0.0.2")
+    down = {"10.0.0.1"}
+    asked: list[tuple[str, str | None]] = []
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        return [ProbeResult(t, False, 0.01, ErrorKind.REFUSED, "connection refused") if t.host in down
+                else ProbeResult(t, True, 0.01) for t in plan.targets]
+
+    async def stalled(group: str, host: str | None) -> list[str]:
+        asked.append((group, host))
+        return ["shop/web"]
+
+    recorder = Recorder(world)
+    controller = Controller(Settings(), world, probe, recorder.write, consumers=stalled)
+    await controller.check(metrics)
+    await controller.check(other)
+    assert recorder.last(metrics)["Available"] == ("False", "FailedDiscoveryCheck")
+    written = recorder.writes[-2][1][0].message
+    assert written.endswith("; stalling 1 HorizontalPodAutoscaler: shop/web")
+    assert asked == [("metrics.k8s.io", "metrics.k8s.io.ns.svc")]
+    down.clear()
+    await controller.check(metrics)
+    assert recorder.last(metrics)["Available"] == ("True", "Passed") and len(asked) == 1

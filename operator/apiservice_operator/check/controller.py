@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from apiservice_operator.check.cadence import Cadence
 from apiservice_operator.check.memory import Sweep, Written
 from apiservice_operator.check.metrics import Metrics
-from apiservice_operator.check.pipeline import ClientsReader, Inputs, Outcome, Pipeline, ProbeFn
+from apiservice_operator.check.pipeline import ClientsReader, Consumers, Inputs, Outcome, Pipeline, ProbeFn
 from apiservice_operator.check.schedule import ProbeQueue
 from apiservice_operator.check.sharing import EndpointSharing
 from apiservice_operator.check.writegate import WriteGate
@@ -103,6 +103,7 @@ class Controller:
     # whether an endpoint has answered nothing for a whole budget (the prober's silence.py)
     silent: Callable[[Target], bool] | None = None
     clients: ClientsReader | None = None  # each instance's aggregated discovery (the clients' view)
+    consumers: Consumers | None = None  # the HPAs a failing metrics API stalls (kube/autoscalers.py)
     stats: Stats = field(default_factory=Stats)
     problems: dict[str, str] = field(default_factory=dict)  # what keeps us from working, for /readyz
     # failed checks (not Available=True) and failed writes are re-tried sooner than the interval (1 s,
@@ -122,7 +123,7 @@ class Controller:
         self.pipeline = Pipeline(self.settings, self.inputs, self.probe, self.path, lambda: self.now(),
                                  self.silent, slots=asyncio.Semaphore(self.settings.concurrency),
                                  on_probe=self._probing, token_problem=lambda: self.token_problem(),
-                                 clients=self.clients)
+                                 clients=self.clients, consumers=self.consumers)
         self.cadence = Cadence(self.settings)
         self.sharing = EndpointSharing()
         self.written = Written()
@@ -245,6 +246,7 @@ class Controller:
     async def _settle(self, outcome: Outcome) -> None:
         name, new, previous = outcome.name, list(outcome.conditions), outcome.previous
         self.metrics.blocked_namespaces.labels(name=name).set(len(outcome.blocked))
+        self.metrics.stalled_autoscalers.labels(name=name).set(len(outcome.stalled))
         self.metrics.observe_conditions(name, new[0])
         self.metrics.observe_clients(name, outcome.evidence.clients, new[0], new[1])
         self._cheap.discard(name)

@@ -74,6 +74,10 @@ class Metrics:
             "apiservice_operator_blocked_namespaces",
             "Terminating namespaces whose deletion waits on this APIService's discovery "
             "(their NamespaceDeletionDiscoveryFailure condition names its group/version)", ["name"], registry=r)
+        self.stalled_autoscalers = Gauge(
+            "apiservice_operator_stalled_autoscalers",
+            "HorizontalPodAutoscalers that cannot scale while this metrics APIService is not Available (their "
+            "ScalingActive=False names a failed request to its API); read only while it is not", ["name"], registry=r)
         self.probes = Counter("apiservice_operator_probes_total", "APIService probes (all endpoints)", registry=r)
         self.probe_connections = Counter(
             "apiservice_operator_probe_connections_opened_total",
@@ -154,7 +158,7 @@ class Metrics:
         """An APIService that went: every series labelled with it goes too (a deleted APIService's
         transitions_total stayed forever, one series per type, status and reason it ever had)."""
         for metric in (self.unavailable, self.discovery_latency, self.certificate_expiry, self.blocked_namespaces,
-                       self.discovery_stale, self.openapi_unavailable):
+                       self.discovery_stale, self.openapi_unavailable, self.stalled_autoscalers):
             with contextlib.suppress(KeyError):
                 metric.remove(name)
         for labels in [k for k in _label_sets(self.transitions) if k[0] == name]:
@@ -166,7 +170,7 @@ class Metrics:
         saying what it last saw, beside the new leader's, and alerts that take max or min across
         Pods would read a stale verdict."""
         for metric in (self.unavailable, self.certificate_expiry, self.blocked_namespaces, self.discovery_stale,
-                       self.openapi_unavailable):
+                       self.openapi_unavailable, self.stalled_autoscalers):
             metric.clear()
 
 

@@ -27,6 +27,7 @@ from typing import Protocol
 from apiservice_operator.check.pacing import Pacing
 from apiservice_operator.core.blast import group_version
 from apiservice_operator.core.clientview import ClientView
+from apiservice_operator.core.consumers import is_metrics_group, service_host
 from apiservice_operator.core.decide import decide, our_conditions
 from apiservice_operator.core.model import (
     Condition,
@@ -125,6 +126,12 @@ class Outcome:
     previous: list[Condition]
     conditions: tuple[Condition, Condition]  # (Available, Degraded)
     blocked: list[str]
+    stalled: list[str] = field(default_factory=list)  # the HPAs a failing metrics API stalls
+
+
+# namespace/name of each HPA that a metrics group's outage stalls (kube/autoscalers.py), given the
+# group and its Service's host name
+Consumers = Callable[[str, "str | None"], Awaitable[list[str]]]
 
 
 Remembered = Callable[[str, Obj], "list[Condition] | None"]
@@ -145,6 +152,7 @@ class Pipeline:
     slots: asyncio.Semaphore | None = None  # the live run's probe slots (--concurrency)
     on_probe: Callable[[], None] | None = None  # the live run has a slot and sends its probes
     clients: ClientsReader | None = None  # the clients' view; None: not read
+    consumers: Consumers | None = None  # who a failing metrics API stalls; None: not read
     # why the probes go without the probe identity's token, when they do (its renewal failed)
     token_problem: Callable[[], str | None] = lambda: None
 
@@ -190,18 +198,24 @@ class Pipeline:
         if remembered is not None:
             previous = remembered(name, apiservice) or previous
         blocked = self.inputs.blocked_namespaces(group_version(apiservice))
+        stalled: list[str] = []
         try:
             conditions = self._decide(resolution, evidence, previous, blocked)
+            group = (apiservice.get("spec") or {}).get("group") or ""
+            if self.consumers is not None and conditions[0].status is not Status.TRUE and is_metrics_group(group):
+                stalled = await self.consumers(group, service_host(apiservice))
+                conditions = self._decide(resolution, evidence, previous, blocked, stalled)
         except Exception as exc:
             resolution, evidence = _check_failed(name, exc), Evidence()
             conditions = self._decide(resolution, evidence, previous, blocked)
-        return Outcome(name, gathered, apiservice, evidence, previous, conditions, blocked)
+        return Outcome(name, gathered, apiservice, evidence, previous, conditions, blocked, stalled)
 
     def _decide(self, resolution: Resolution, evidence: Evidence, previous: list[Condition],
-                blocked: list[str]) -> tuple[Condition, Condition]:
+                blocked: list[str], stalled: list[str] | None = None) -> tuple[Condition, Condition]:
         s = self.settings
         available, degraded = decide(resolution, evidence.probes, previous, self.now(), s.types, s.probe_timeout,
-                                     evidence.path, s.cert_expiry_warning * 86400, blocked, evidence.clients)
+                                     evidence.path, s.cert_expiry_warning * 86400, blocked, evidence.clients,
+                                     stalled or ())
         problem = self.token_problem() if available.reason == PROBE_UNAUTHORIZED else None
         if problem:
             # refused because we sent no token: our fault, not the server's, and the verdict says so

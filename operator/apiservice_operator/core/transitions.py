@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from apiservice_operator.core.blast import blocked_count
+from apiservice_operator.core.consumers import stalled_count
 from apiservice_operator.core.decide import AWAITING
 from apiservice_operator.core.model import Condition, Status
 
@@ -27,11 +28,14 @@ def event_for_transition(before: dict[str, Condition], available: Condition, deg
     available_moved = prior_a is None or (prior_a.status, prior_a.reason) != (available.status, available.reason)
     degraded_moved = prior_d is None or prior_d.status != degraded.status
     if not (available_moved or degraded_moved):
-        blocking = blocked_count(available.message)
-        if available.status is not Status.TRUE and blocking > blocked_count(prior_a.message if prior_a else ""):
-            # the outage now holds up more namespace deletions: worth telling, though nothing else moved
-            return EventSpec("Warning", "BlockingNamespaceDeletion",
-                             f"{available.type} is {available.status}: {available.message}")
+        if available.status is Status.TRUE:
+            return None
+        before_message = prior_a.message if prior_a else ""
+        # the outage now holds up more namespace deletions, or stalls more autoscalers: worth telling,
+        # though nothing else moved
+        for count, reason in ((blocked_count, "BlockingNamespaceDeletion"), (stalled_count, "StallingAutoscalers")):
+            if count(available.message) > count(before_message):
+                return EventSpec("Warning", reason, f"{available.type} is {available.status}: {available.message}")
         return None
     if available.status is not Status.TRUE:
         return EventSpec("Warning", available.reason, f"{available.type} is {available.status}: {available.message}")

@@ -4,6 +4,7 @@ logged naming the verb and resource, and keeps /readyz failing, instead of silen
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -38,6 +39,8 @@ def needed(events_namespace: str, lease_namespace: str | None, lease_name: str,
     perms.append(Permission("patch", "apiregistration.k8s.io", "apiservices", "status"))
     # Terminating namespaces held up by an unavailable API (blast.py)
     perms += [Permission(v, "", "namespaces") for v in ("list", "watch")]
+    # the HorizontalPodAutoscalers a failing metrics API stalls, listed while one is (consumers.py)
+    perms.append(Permission("list", "autoscaling", "horizontalpodautoscalers"))
     perms += [Permission(v, "", "events", namespace=events_namespace) for v in ("create", "patch")]
     if lease_namespace:
         perms.append(Permission("create", "coordination.k8s.io", "leases", namespace=lease_namespace))
@@ -62,3 +65,25 @@ async def missing_permissions(credentials: Credentials, perms: list[Permission])
         if not (result.status and result.status.allowed):
             missing.append(p)
     return missing
+
+
+async def keep_checking(credentials: Credentials, perms: list[Permission], problems: dict[str, str]) -> None:
+    """Checks `perms` every minute (every 10 s while some are missing) and says what is missing in
+    `problems` (/readyz) and the log."""
+    while True:
+        try:
+            missing = await missing_permissions(credentials, perms)
+        except Exception as exc:
+            log.warning("permission check failed: %r", exc)
+            missing = None
+        if missing:
+            text = "; ".join(p.describe() for p in missing)
+            if problems.get("rbac") != text:
+                for p in missing:
+                    log.error("missing permission: %s (grant it to the operator's ServiceAccount: "
+                              "see manifests/rbac.yaml)", p.describe())
+            problems["rbac"] = text
+        elif missing is not None and "rbac" in problems:
+            del problems["rbac"]
+            log.info("all permissions present again")
+        await asyncio.sleep(60 if not missing else 10)

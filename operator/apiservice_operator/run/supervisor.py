@@ -23,11 +23,12 @@ from apiservice_operator.core.model import Condition
 from apiservice_operator.core.path import PathProbeMode
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.kube import resync
+from apiservice_operator.kube.autoscalers import AutoscalerReader
 from apiservice_operator.kube.client import WRITE_TIMEOUT, Credentials, write_conditions
 from apiservice_operator.kube.events import EventRecorder
 from apiservice_operator.kube.identity import ProbeIdentity
 from apiservice_operator.kube.leader import LeaderElector
-from apiservice_operator.kube.permissions import Permission, missing_permissions, needed
+from apiservice_operator.kube.permissions import keep_checking, needed
 from apiservice_operator.probing.clientview import ClientViewReader
 from apiservice_operator.probing.pathcheck import ClusterAccess, PathChecker, effective_mode
 from apiservice_operator.probing.probe import Prober, inspect_tls
@@ -152,7 +153,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
     controller = Controller(settings=settings, inputs=inputs, probe=prober.probe_discovery, write=write,
                             metrics=metrics, record_event=recorder.record, silent=prober.silence.silent,
-                            path=checker, clients=clients,
+                            path=checker, clients=clients, consumers=AutoscalerReader(credentials).stalled,
                             license=elector.license if elector is not None else _unbounded,
                             token_problem=prober_id.token_problem if prober_id is not None else _nothing)
     health.problems = controller.problems
@@ -187,7 +188,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         asyncio.create_task(_heartbeat(health), name="heartbeat"),
         asyncio.create_task(heap.give_back_every(), name="heap trim"),
         asyncio.create_task(recorder.run(), name="events"),
-        asyncio.create_task(_check_permissions(credentials, perms, controller.problems), name="permissions"),
+        asyncio.create_task(keep_checking(credentials, perms, controller.problems), name="permissions"),
         asyncio.create_task(referenced.run(), name="referenced watches"),
         asyncio.create_task(_probe_loop(controller, ready, elector, health, metrics, prober_id,
                                         lambda: referenced.first_sync(inputs.referenced_services())),
@@ -280,26 +281,6 @@ async def _heartbeat(health: HealthState) -> None:
     while True:
         health.heartbeat = loop.time()
         await asyncio.sleep(1)
-
-
-async def _check_permissions(credentials: Credentials, perms: list[Permission], problems: dict[str, str]) -> None:
-    while True:
-        try:
-            missing = await missing_permissions(credentials, perms)
-        except Exception as exc:
-            log.warning("permission check failed: %r", exc)
-            missing = None
-        if missing:
-            text = "; ".join(p.describe() for p in missing)
-            if problems.get("rbac") != text:
-                for p in missing:
-                    log.error("missing permission: %s (grant it to the operator's ServiceAccount: "
-                              "see manifests/rbac.yaml)", p.describe())
-            problems["rbac"] = text
-        elif missing is not None and "rbac" in problems:
-            del problems["rbac"]
-            log.info("all permissions present again")
-        await asyncio.sleep(60 if not missing else 10)
 
 
 async def _probe_loop(controller: Controller, ready: asyncio.Event, elector: LeaderElector | None,

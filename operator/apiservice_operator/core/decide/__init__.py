@@ -18,6 +18,7 @@ from typing import Any
 from apiservice_operator.core import certs
 from apiservice_operator.core.blast import describe_blocked
 from apiservice_operator.core.clientview import ClientView
+from apiservice_operator.core.consumers import describe_stalled
 from apiservice_operator.core.decide.clients import conclude_clients
 from apiservice_operator.core.decide.direct import conclude_direct
 from apiservice_operator.core.decide.userpath import conclude_path, list_path
@@ -76,12 +77,14 @@ def decide(
     expiry_warning: float = DEFAULT_EXPIRY_WARNING,
     blocked: Sequence[str] = (),
     clients: ClientView | None = None,
+    stalled: Sequence[str] = (),
 ) -> tuple[Condition, Condition]:
     """Our (Available, Degraded) conditions. `now` is RFC 3339; time is never read here. Without
     `path` (the path probe off) the verdict rests on the endpoints alone. A certificate that ends
     within `expiry_warning` seconds makes an otherwise healthy API Degraded. `blocked`: the
     Terminating namespaces whose deletion waits on this API's discovery (its blast radius). `clients`:
-    the group/version in each kube-apiserver instance's aggregated discovery (the clients' view)."""
+    the group/version in each kube-apiserver instance's aggregated discovery (the clients' view).
+    `stalled`: the HorizontalPodAutoscalers that cannot scale while this metrics API fails."""
     before = {c.type: c for c in previous}
     available, degraded = _conclude(resolution, probes, budget, before, types, path)
     if clients is not None:
@@ -89,9 +92,10 @@ def decide(
                                                before.get(types.available), before.get(types.degraded))
     if resolution.plan is not None and available.status is Status.TRUE:
         degraded = _watch_certificates(resolution.plan, probes, degraded, now, expiry_warning)
-    radius = describe_blocked(blocked)
-    if radius and available.status is not Status.TRUE:
-        available = Verdict(available.status, available.reason, f"{available.message}; {radius}")
+    if available.status is not Status.TRUE:
+        for radius in (describe_blocked(blocked), describe_stalled(stalled)):
+            if radius:
+                available = Verdict(available.status, available.reason, f"{available.message}; {radius}")
 
     def build(ctype: str, verdict: Verdict) -> Condition:
         prior = before.get(ctype)
