@@ -181,6 +181,9 @@ def render_explain(report: dict[str, Any]) -> str:
                      + ("; insecureSkipTLSVerify" if a["insecureSkipTLSVerify"] else ""))
         for c in a["caBundle"]:
             lines.append(f"  caBundle: {_certificate(c)}")
+    if change := report.get("lastBackendChange"):
+        lines.append(f"  last change of backend ({change['event']} Event {change.get('time') or ''}): "
+                     f"{change['message']}")
         svc = report["service"]
         if svc is None:
             lines.append("Service: not found")

@@ -26,6 +26,7 @@ from apiservice_operator.check.pipeline import ClientsReader, Consumers, Inputs,
 from apiservice_operator.check.schedule import ProbeQueue
 from apiservice_operator.check.sharing import EndpointSharing
 from apiservice_operator.check.writegate import WriteGate
+from apiservice_operator.core.backends import BackendChange
 from apiservice_operator.core.decide import AWAITING, changed
 from apiservice_operator.core.model import (
     WRITES_IN_FLIGHT,
@@ -130,6 +131,7 @@ class Controller:
         self.sweep = Sweep()
         self.gate = WriteGate(self.settings.max_write_rate, license=lambda: self.license())
         self._cheap: set[str] = set()  # failing cheaply (refused, an error status) or awaiting kube-apiserver
+        self.backend_changes: dict[str, BackendChange] = {}  # each APIService's last change of backend
 
     # --- triggers -------------------------------------------------------------------------------
     def kube_changed(self, name: str) -> None:
@@ -138,6 +140,14 @@ class Controller:
         once, and a failing one's backoff starts over."""
         self.retry.kick(name)
         self.changed_now([name])
+
+    async def backend_changed(self, name: str, uid: str | None, change: BackendChange) -> None:
+        """The APIService now points elsewhere (core/backends): kept for explain, and told as an Event
+        by the replica that leads (a standby sees the same change)."""
+        self.backend_changes[name] = change
+        log.info("backend changed name=%s %s", name, change.event.message)
+        if self.record_event is not None and self.license() > 0:
+            await self.record_event(name, uid, change.event)
 
     def changed_now(self, names: Iterable[str]) -> None:
         for name in names:
@@ -148,6 +158,7 @@ class Controller:
         self.written.forget(name)
         self.retry.forget(name)
         self._cheap.discard(name)
+        self.backend_changes.pop(name, None)
         self.cadence.forget(name)
         self.sharing.forget(name)
         self.pipeline.forget(name)

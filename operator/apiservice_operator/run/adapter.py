@@ -20,6 +20,7 @@ from kopf._core.engines.indexing import OperatorIndexers
 from kopf._core.engines.peering import Identity as KopfIdentity
 
 from apiservice_operator.check.controller import Controller
+from apiservice_operator.core.backends import Backend, backend_change, backend_of
 from apiservice_operator.core.model import APISERVICES, Obj
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.kube import resync
@@ -101,6 +102,8 @@ def build_registry(settings: Settings, controller_box: dict[str, Controller], cr
     selector = settings.label_selector
     seen_generation: dict[str, object] = {}
     seen_kube: dict[str, tuple[str, str]] = {}  # kube-apiserver's own Available: (status, message)
+    # each APIService's backend as last seen; unknown (no entry) after a start: no change is told then
+    seen_backend: dict[str, Backend] = {}
     watched = watched if watched is not None else resync.Watched()
 
     def track(kind: resync.Kind, type_: str | None, namespace: str | None, name: str, uid: str | None,
@@ -155,6 +158,7 @@ def build_registry(settings: Settings, controller_box: dict[str, Controller], cr
         if type == "DELETED" or not selector.matches((body.get("metadata") or {}).get("labels")):
             seen_generation.pop(name, None)
             seen_kube.pop(name, None)
+            seen_backend.pop(name, None)
             controller.forget(name)
             return
         # Our own status writes come back as events too: re-check only when the spec moved,
@@ -165,6 +169,10 @@ def build_registry(settings: Settings, controller_box: dict[str, Controller], cr
         seen_kube[name] = kube
         if seen_generation.get(name) != key:
             seen_generation[name] = key
+            old = seen_backend.get(name)
+            seen_backend[name] = backend_of(body)
+            if old is not None and (change := backend_change(name, old, body)) is not None:
+                await controller.backend_changed(name, uid, change)
             if referenced is not None:
                 referenced.check_when_synced([name])
             else:

@@ -177,7 +177,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     traced = controller.pipeline.traced(prober.probe_every, inspect_tls)
 
     async def explain_one(name: str) -> dict[str, Any] | None:
-        return await explain(name, traced)
+        return await explain(name, traced, controller.backend_changes.get(name))
 
     servers = []
     if settings.metrics_port:

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from apiservice_operator.check.pipeline import Pipeline
+from apiservice_operator.core.backends import BackendChange
 from apiservice_operator.core.model import Certificate, Condition, ErrorKind, Handshake, ProbePlan, ProbeResult, Status
 from apiservice_operator.probing.pathcheck import kube_available
 
@@ -82,9 +83,10 @@ def fix_for(available: Condition, degraded: Condition, plan: ProbePlan | None,
     return fix
 
 
-async def explain(name: str, pipeline: Pipeline) -> dict[str, Any] | None:
+async def explain(name: str, pipeline: Pipeline, last_change: BackendChange | None = None) -> dict[str, Any] | None:
     """The trace as plain data (JSON); None when no such APIService is handled. The check is the
-    controller's own pipeline, run traced: the verdict here is the one the controller would reach."""
+    controller's own pipeline, run traced: the verdict here is the one the controller would reach.
+    `last_change`: the last change of backend this replica saw (core/backends)."""
     outcome = await pipeline.run(name, traced=True)
     if outcome is None:
         return None
@@ -135,6 +137,10 @@ async def explain(name: str, pipeline: Pipeline) -> dict[str, Any] | None:
     available, degraded = outcome.conditions
     report["verdict"] = [available.to_api(), degraded.to_api()]
     report["fix"] = fix_for(available, degraded, plan, evidence.probes)
+    report["lastBackendChange"] = None if last_change is None else {
+        "from": last_change.old.describe(), "to": last_change.new.describe(), "manager": last_change.manager,
+        "operation": last_change.operation, "time": last_change.at, "event": last_change.event.type,
+        "message": last_change.event.message}
     return report
 
 
