@@ -78,7 +78,7 @@ def test_explain_shows_the_last_change_of_backend() -> None:
     before, after = recorded("metrics-apiservice-before-takeover"), recorded("metrics-apiservice-after-takeover")
     change = backend_change("v1beta1.metrics.k8s.io", backend_of(before), after)
     assert change is not None
-    report = {"name": "v1beta1.metrics.k8s.io",
+    report: dict[str, Any] = {"name": "v1beta1.metrics.k8s.io",
               "apiservice": {"group": "metrics.k8s.io", "version": "v1beta1", "service": "keda/x", "port": 443,
                              "insecureSkipTLSVerify": False, "caBundle": []},
               "service": None, "endpointSlices": [], "resolution": None, "endpoints": [],
