@@ -45,7 +45,7 @@ def test_kubectl_apiservices_shows_both_verdicts(
     assert by_name[healthy.name] | {"AGE": "", "MESSAGE": ""} == {
         "NAME": healthy.name, "SERVICE": f"{healthy.namespace}/api", "KUBE-APISERVER": "True", "PROBED": "True",
         "REASON": "Passed", "PATH": "1/1", "LATENCY": "<1s", "ENDPOINTS": "2/2", "AGE": "", "MESSAGE": "",
-        "DISCOVERY": "1/1", "CERT": "364d", "BLOCKING": ""}  # the test certificates last a year
+        "DISCOVERY": "1/1", "CERT": "364d", "BLOCKING": "", "STALLING": ""}  # the test certificates last a year
     assert (by_name[broken.name]["PROBED"], by_name[broken.name]["KUBE-APISERVER"],
             by_name[broken.name]["ENDPOINTS"]) == ("False", "False", "0/1")
     assert by_name["v1.apps"]["SERVICE"] == "Local"

@@ -38,6 +38,7 @@ I1, I2 = Target("10.250.0.2", 6443), Target("10.250.0.3", 6443)
 PLAN = ProbePlan(targets=(EP,), path="/apis/demo.example.com/v1", group_version="demo.example.com/v1",
                  server_name="demo.default.svc", ca_bundle=None, insecure_skip_tls_verify=False)
 PLAN2 = dataclasses.replace(PLAN, targets=(EP, EP2))
+PLAN_INSECURE = dataclasses.replace(PLAN, insecure_skip_tls_verify=True)
 DIAL = "dial tcp 10.0.0.1:8443: i/o timeout"
 KUBE_TIMEOUT = f'failing or missing response from https://10.0.0.1:8443/apis/demo.example.com/v1: Get "...": {DIAL}'
 KUBE_403 = ("failing or missing response from https://10.0.0.1:8443/apis/demo.example.com/v1: bad status from "
@@ -128,6 +129,16 @@ ROWS = [
         ("False", "Unavailable"),
         available_has=("subjectaccessreviews", "10.0.0.1:8443: bad status: 401", "system:masters",
                        "system:auth-delegator", "extension-apiserver-authentication-reader")),
+    Row("auth-delegator gone, seen on kind with metrics-server: it answers 500 to everyone, the anonymous probe too",
+        [answer(EP, 500, SAR_FORBIDDEN)], [answer(I1, 500, SAR_FORBIDDEN)], ("False", "UsersRefused"),
+        ("False", "Unavailable"), plan=PLAN_INSECURE,
+        available_has=("may not review callers", "subjectaccessreviews.authorization.k8s.io is forbidden",
+                       "system:auth-delegator")),
+    Row("metrics-server as shipped (insecureSkipTLSVerify): no token goes, the anonymous probe is refused, users "
+        "are served", [answer(EP, 403, "forbidden")], [ok(I1)], ("True", "Passed"), ("False", "AsExpected"),
+        plan=PLAN_INSECURE, degraded_has=("sent without credentials", "403 (anonymous refused)")),
+    Row("verified TLS and the probe identity refused while users are served: our probe's problem, said",
+        [answer(EP, 403, "forbidden")], [ok(I1)], ("True", "Passed"), ("True", "DirectProbeFailed")),
     Row("server refuses ordinary users with 403", [answer(EP, 403, "forbidden")],
         [answer(I1, 403, 'forbidden: User "system:serviceaccount:x:probe" cannot get path')],
         ("False", "UsersRefused"), ("False", "Unavailable")),

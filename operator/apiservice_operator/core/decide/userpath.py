@@ -35,6 +35,12 @@ _KUBE_UNREACHABLE = re.compile(
     r"network is unreachable|connection reset|dial tcp", re.IGNORECASE)
 
 
+# what a server says when its ServiceAccount may no longer ask kube-apiserver who a caller is or what
+# the caller may do (its system:auth-delegator binding gone): every request but system:masters' fails
+_DELEGATION_REFUSED = re.compile(
+    r"(tokenreviews\.authentication\.k8s\.io|subjectaccessreviews\.authorization\.k8s\.io) is forbidden")
+
+
 def _ports(plan: ProbePlan) -> str:
     ports = sorted({t.port for t in plan.targets})
     return ", ".join(f"TCP {p}" for p in ports)
@@ -76,6 +82,15 @@ def conclude_path(plan: ProbePlan, probes: Sequence[ProbeResult], budget: float,
                 f"{len(failed)}/{instances} kube-apiserver instances do not get discovery through: "
                 f"{list_path(failed)}; requests through them fail, and kube-apiserver's shared Available "
                 "condition flips as its instances overwrite each other (kubernetes/kubernetes#111890)")
+        if not direct_passed and plan.insecure_skip_tls_verify and len(direct_refused) == len(direct_failed):
+            # no token goes where TLS is not verified: the endpoints answer and refuse an anonymous
+            # caller, as they should (metrics-server's own manifests set insecureSkipTLSVerify)
+            return available, Verdict(
+                Status.FALSE, "AsExpected",
+                f"users are served through kube-apiserver; the endpoints answer the operator's probe, sent without "
+                f"credentials since spec.insecureSkipTLSVerify leaves TLS unverified, with "
+                f"{', '.join(sorted({str(p.status_code) for p in direct_refused}))} (anonymous refused): set "
+                f"spec.caBundle to have the endpoints' discovery checked too")
         if not direct_passed:
             return available, Verdict(
                 Status.TRUE, "DirectProbeFailed",
@@ -98,6 +113,12 @@ def conclude_path(plan: ProbePlan, probes: Sequence[ProbeResult], budget: float,
                    f"every authenticated user; was it changed?); through {via}: {list_path(refused)}")
         return (Verdict(Status.UNKNOWN, "ProbeUnauthorized", message),
                 Verdict(Status.UNKNOWN, "ProbeUnauthorized", "cannot tell: the probe identity may not read discovery"))
+    delegation = [r.describe() for r in failed if _DELEGATION_REFUSED.search(r.detail)] + [
+        p.describe() + (f": {p.body}" if p.body else "") for p in direct_failed if _DELEGATION_REFUSED.search(p.body)]
+    if delegation:
+        # it answers kube-apiserver's own check (system:masters needs no review) and fails everyone else
+        return unavailable("UsersRefused", _users_refused_message(
+            f"its ServiceAccount may not review callers ({'; '.join(delegation)[:600]})", [], direct_words))
     if server_down:
         # the server itself fails: kube-apiserver's reason, and our words for each hop
         through = list_path(failed) if failed else f"503 for every request; {kube_says}"
