@@ -99,7 +99,7 @@ async def test_controller_and_explain_agree_on_every_user_path_row(row: userpath
     world = World()
     conditions = [] if row.kube[0] is None else [{"type": "Available", "status": str(row.kube[0]),
                                                   "message": row.kube[1]}]
-    apiservice = builders.make_apiservice(insecure_skip_tls_verify=True, conditions=conditions)
+    apiservice = builders.make_apiservice(insecure_skip_tls_verify=plan.insecure_skip_tls_verify, conditions=conditions)
     name = apiservice["metadata"]["name"]
     world.apiservices[name] = apiservice
     world.services[("default", "demo")] = builders.make_service()

@@ -31,6 +31,7 @@ from apiservice_operator.core.consumers import is_metrics_group, service_host
 from apiservice_operator.core.decide import decide, our_conditions
 from apiservice_operator.core.model import (
     Condition,
+    ErrorKind,
     Handshake,
     Obj,
     ProbePlan,
@@ -179,7 +180,9 @@ class Pipeline:
                     # what clients read matters only where an endpoint answers and a request through
                     # kube-apiserver passes: elsewhere that hop names the verdict, and reading more through
                     # a hung server (its OpenAPI document) would only hold the verdict back
-                    reachable = any(p.ok for p in evidence.probes) and any(
+                    # (an endpoint that refuses our anonymous probe, where no token may go, answers too)
+                    reachable = any(p.ok or (plan.insecure_skip_tls_verify and p.error is ErrorKind.UNAUTHORIZED)
+                                    for p in evidence.probes) and any(
                         r.outcome is PathOutcome.PASSED for r in evidence.path.results)
                     if self.clients is not None and (reachable or traced):
                         instances, server_name, _ = self.path.targets()
