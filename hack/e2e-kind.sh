@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # make e2e-kind: a real kind cluster from locally built images, the operator as its Deployment, the
-# e2e suite with the aggregated test servers as Pods, then the cluster is deleted (also on failure).
+# e2e suite with the aggregated test servers and metrics-server as Pods, then the cluster is deleted
+# (also on failure).
 #
 # Nothing is pulled from any registry: the engine is Debian's docker.io (hack/docker-engine.sh),
 # kind is built from its Go module (hack/kind/kind.sh), the node image and every image it runs are
-# built here (hack/kind/node-image.sh), the operator and test-server images from the local Debian
-# base (hack/base-image.sh). All of it is cached; a warm run only creates and deletes the cluster.
+# built here (hack/kind/node-image.sh), the operator, test-server and metrics-server images from the
+# local Debian base (hack/base-image.sh; metrics-server itself from its Go module,
+# hack/build-metrics-server.sh). All of it is cached; a warm run only creates and deletes the cluster.
 # Without a Docker engine it can start (no root, no docker) it exits 0 with the reason, or 1 with
 # E2E_KIND_REQUIRED=1 (as CI sets it).
 #
 #   KIND_NODE_IMAGE=...   use this node image instead of building one
-#   BASE_IMAGE=...        base of the operator and test-server images (default: the local Debian base)
+#   BASE_IMAGE=...        base of the operator, test-server and metrics-server images (default: the
+#                         local Debian base)
 #   E2E_KIND_KEEP=1       keep the cluster at the end (it is deleted otherwise)
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -48,8 +51,30 @@ TESTSERVER_IMAGE=apiservice-operator-testserver:0.1.0
 log "operator image from $BASE_IMAGE"
 make --no-print-directory image BASE_IMAGE="$BASE_IMAGE" IMAGE="$OPERATOR_IMAGE" >&2
 log "test-server image from $BASE_IMAGE"
-docker build -q --build-arg BASE_IMAGE="$BASE_IMAGE" -f e2e/Dockerfile.testserver -t "$TESTSERVER_IMAGE" . 2>&1 >/dev/null \
-  | grep -vE 'DEPRECATED: The legacy builder|Install the buildx component|docs.docker.com/go/buildx|^$' >&2 || true
+quiet_build() {  # docker build without the legacy builder's deprecation notice
+  docker build -q "$@" 2>&1 >/dev/null \
+    | grep -vE 'DEPRECATED: The legacy builder|Install the buildx component|docs.docker.com/go/buildx|^$' >&2 || true
+}
+quiet_build --build-arg BASE_IMAGE="$BASE_IMAGE" -f e2e/Dockerfile.testserver -t "$TESTSERVER_IMAGE" .
+# metrics-server from its Go module, its image from the same base; its own manifests (copied from the
+# module into the cache beside it) are applied by e2e/test_metrics_server.py
+IMAGES=("$OPERATOR_IMAGE" "$TESTSERVER_IMAGE")
+METRICS_SERVER_IMAGE=""
+METRICS_SERVER_MANIFESTS=""
+if command -v go >/dev/null 2>&1; then
+  log "metrics-server (hack/build-metrics-server.sh)"
+  ms_bin="$(hack/build-metrics-server.sh | tail -1)"
+  ms_home="$(dirname "$(dirname "$ms_bin")")"          # .../metrics-server-<version>
+  METRICS_SERVER_IMAGE="apiservice-operator-metrics-server:${ms_home##*/metrics-server-}"
+  METRICS_SERVER_MANIFESTS="$ms_home/manifests"
+  log "metrics-server image $METRICS_SERVER_IMAGE from $BASE_IMAGE"
+  quiet_build --build-arg BASE_IMAGE="$BASE_IMAGE" -f e2e/Dockerfile.metrics-server -t "$METRICS_SERVER_IMAGE" \
+    "$(dirname "$ms_bin")"
+  docker image inspect "$METRICS_SERVER_IMAGE" >/dev/null
+  IMAGES+=("$METRICS_SERVER_IMAGE")
+else
+  log "no Go: metrics-server is not built (e2e/test_metrics_server.py skips)"
+fi
 
 # --- the cluster ----------------------------------------------------------------------------------
 CLUSTER="apiservice-e2e-$(date +%s)-$$"
@@ -98,8 +123,8 @@ fi
 log "creating cluster $CLUSTER"
 "$KIND" create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --config "$WORK/cluster.yaml" \
   --kubeconfig "$KUBECONFIG_FILE" --wait 180s >&2
-log "loading $OPERATOR_IMAGE and $TESTSERVER_IMAGE into the node"
-"$KIND" load docker-image --name "$CLUSTER" "$OPERATOR_IMAGE" "$TESTSERVER_IMAGE" >&2
+log "loading ${IMAGES[*]} into the node"
+"$KIND" load docker-image --name "$CLUSTER" "${IMAGES[@]}" >&2
 log "kubectl apply -k manifests/"
 k apply -k manifests/ >&2
 k -n apiservice-operator rollout status deploy/apiservice-operator --timeout=180s >&2
@@ -108,6 +133,7 @@ k -n apiservice-operator rollout status deploy/apiservice-operator --timeout=180
 log "e2e suite (E2E_KUBECONFIG=$KUBECONFIG_FILE)"
 suite_rc=0
 E2E_KUBECONFIG="$KUBECONFIG_FILE" KUBECTL="$KUBECTL" E2E_KIND_NODE="$NODE" E2E_REPORT="$REPORT" \
+  METRICS_SERVER_IMAGE="$METRICS_SERVER_IMAGE" METRICS_SERVER_MANIFESTS="$METRICS_SERVER_MANIFESTS" \
   "$PYTHON" -m pytest e2e -v -p no:cacheprovider ${PYTEST_ARGS_KIND:-} || suite_rc=$?
 
 # --- what ran, and proof that nothing was pulled --------------------------------------------------
