@@ -32,7 +32,7 @@ import pytest
 import yaml
 from tests.cluster.kube import Kube, condition, wait_conditions
 
-from e2e.test_deployment import OURS, Cluster, kubectl, report, user_kubeconfig
+from e2e.test_deployment import NAMESPACE, OURS, Cluster, holder, kubectl, report, user_kubeconfig
 
 NAME = "v1beta1.metrics.k8s.io"
 SYSTEM = "kube-system"
@@ -208,6 +208,10 @@ def test_metrics_server_healthy(metrics_server: MetricsServer, capsys: pytest.Ca
     _, ours = columns(ms, "healthy", top, capsys)
     assert top[0], top[1]
     assert agrees(ours, top)
+    # its APIService sets insecureSkipTLSVerify: our probe goes without credentials and is refused, which
+    # is the server working, not a degradation
+    degraded = condition(ms.api.apiservice(), "apiservice-operator.io/Degraded") or {}
+    assert (degraded.get("status"), degraded.get("reason")) == ("False", "AsExpected"), degraded
 
 
 # --- the faults -------------------------------------------------------------------------------------
@@ -332,10 +336,148 @@ def test_metrics_server_verdict_agrees_with_kubectl_top(
         assert ready, "the metrics-server Pod went NotReady: the fault was not on kube-apiserver's side only"
     if fault.theirs is not None:
         assert (theirs.get("status"), theirs.get("reason")) == fault.theirs, theirs
-    # the reason names the hop that breaks. KNOWN DISAGREEMENT (issue 27) for auth-delegator-deleted:
-    # the operator says False/FailedDiscoveryCheck, not UsersRefused. metrics-server's APIService has
-    # insecureSkipTLSVerify, so the direct probe carries no token and its anonymous SubjectAccessReview
-    # fails too (500); the decision then counts the endpoint as down before it weighs the refusal
-    # relayed through kube-apiserver (core/decide/userpath.py: server_down before refused).
+    # the reason names the hop that breaks (without its binding metrics-server answers 500 to everyone, our
+    # anonymous probe too: its SubjectAccessReview forbidden names the cause, core/decide/userpath.py)
     assert (ours.get("status"), ours.get("reason")) == fault.ours, re.sub(r"\s+", " ", str(ours))
     assert repaired_top[0], f"kubectl top does not work after the repair: {repaired_top[1]}"
+
+
+# --- who it stalls, and who takes it over -----------------------------------------------------------
+TESTSERVER_IMAGE = "apiservice-operator-testserver:0.1.0"  # loaded by hack/e2e-kind.sh: any process will do
+
+
+def leader_metric(ms: MetricsServer, metric: str) -> float | None:
+    """A labelled sample of the leading operator Pod's /metrics, through kube-apiserver's pod proxy."""
+    resp = ms.kube.http.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{holder(ms.kube)}:8080/proxy/metrics")
+    resp.raise_for_status()
+    for line in resp.text.splitlines():
+        if line.startswith(f'{metric}{{name="{NAME}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def scaling_active(ms: MetricsServer, namespace: str, name: str) -> dict[str, Any]:
+    hpa = ms.kube.get(f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/{name}")
+    return next((c for c in (hpa.get("status") or {}).get("conditions") or [] if c["type"] == "ScalingActive"), {})
+
+
+def wait_until(what: str, seconds: float, probe: Callable[[], Any]) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        found = probe()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{what}: not within {seconds:.0f} s"
+        time.sleep(2)
+
+
+@pytest.fixture
+def autoscaled(metrics_server: MetricsServer) -> Iterator[tuple[str, str]]:
+    """A Deployment with a CPU request and a real HPA on its CPU, scaling (ScalingActive=True)."""
+    ms = metrics_server
+    namespace = f"e2e-shop-{uuid.uuid4().hex[:6]}"
+    kubectl(ms.cluster, "create", "namespace", namespace)
+    try:
+        ms.kube.create(f"/apis/apps/v1/namespaces/{namespace}/deployments", {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": TESTSERVER_IMAGE, "imagePullPolicy": "Never",
+                                         "command": ["sleep", "infinity"],
+                                         "resources": {"requests": {"cpu": "10m"}}}]}}}})
+        kubectl(ms.cluster, "-n", namespace, "rollout", "status", "deploy/web", "--timeout=180s")
+        kubectl(ms.cluster, "-n", namespace, "autoscale", "deploy/web", "--cpu=50%", "--min=1", "--max=3")
+        # the HPA controller reads the Pod's CPU once metrics-server has scraped it (15 s resolution)
+        wait_until("the HPA scaling on CPU", 240,
+                   lambda: scaling_active(ms, namespace, "web").get("status") == "True")
+        yield namespace, "web"
+    finally:
+        kubectl(ms.cluster, "delete", "namespace", namespace, "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_an_hpa_stalled_by_metrics_server_down_is_named_counted_and_told(
+    metrics_server: MetricsServer, autoscaled: tuple[str, str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The HPA controller cannot scale on CPU while the resource metrics API is down; nothing on the
+    APIService says whom that hurts. Ours names the HPA in its message, the gauge counts it and a
+    Warning Event says when the number grows: within a minute (the HPA controller looks every 15 s)."""
+    ms, (namespace, name) = metrics_server, autoscaled
+    wait_conditions(ms.api, {OURS: PASSED}, 120)
+    scale(ms, 0)
+    t0 = time.monotonic()
+    try:
+        stalled = wait_until("the HPA's own ScalingActive=False", 120,
+                             lambda: (c := scaling_active(ms, namespace, name)).get("status") == "False" and c)
+        found = wait_conditions(ms.api, {OURS: ("False", "MissingEndpoints")}, 120,
+                                messages={OURS: f"stalling 1 HorizontalPodAutoscaler: {namespace}/{name}"})
+        named_after = time.monotonic() - t0
+        gauge = leader_metric(ms, "apiservice_operator_stalled_autoscalers")
+        events = wait_until("the Event", 60, lambda: [
+            e for e in ms.kube.get("/api/v1/namespaces/default/events")["items"]
+            if e["involvedObject"].get("name") == NAME and e["type"] == "Warning"
+            and f"{namespace}/{name}" in e["message"]])
+        with capsys.disabled():
+            print(f"\n  HPA {namespace}/{name}: {stalled['reason']}: {stalled['message'][:160]}"
+                  f"\n  ours after {named_after:.1f} s: {found[OURS]['message'][-160:]}"
+                  f"\n  gauge {gauge}; Event {events[0]['reason']}: {events[0]['message'][-120:]}")
+        report("hpa-stalled", hpa=f"{namespace}/{name}", hpa_reason=stalled["reason"],
+               named_after_s=round(named_after, 1), gauge=gauge, event=events[0]["reason"],
+               ours=found[OURS]["message"][-300:])
+        assert stalled["reason"] == "FailedGetResourceMetric", stalled
+        assert named_after < 60, f"named after {named_after:.0f} s"
+        assert gauge == 1
+    finally:
+        scale(ms, 1)
+    found = wait_conditions(ms.api, {OURS: PASSED}, 180)
+    assert "stalling" not in found[OURS]["message"]
+    wait_until("the HPA scaling again", 180, lambda: scaling_active(ms, namespace, name).get("status") == "True")
+    assert leader_metric(ms, "apiservice_operator_stalled_autoscalers") == 0
+
+
+def test_a_second_backend_taking_over_the_metrics_apiservice_is_a_warning_naming_both_and_the_manager(
+    metrics_server: MetricsServer, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Installing KEDA or prometheus-adapter repoints v1beta1.metrics.k8s.io at its own Service with a
+    server-side apply. Here the second backend is the same metrics-server Pods behind another Service in
+    another namespace, so kubectl top keeps working and only the change of hands is news."""
+    ms = metrics_server
+    wait_conditions(ms.api, {OURS: PASSED}, 120)
+    other = f"e2e-keda-{uuid.uuid4().hex[:6]}"
+    original = ms.api.apiservice()
+    kubectl(ms.cluster, "create", "namespace", other)
+    try:
+        ms.kube.create(f"/api/v1/namespaces/{other}/services", {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "keda-operator-metrics-apiserver"},
+            "spec": {"ports": [{"name": "https", "port": 443, "targetPort": "https"}]}})
+        # the Pods live in kube-system: a selector-less Service with its own slice, as a proxying backend has
+        pod = ms.pod()
+        port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p.get("name") == "https")
+        ms.kube.create(f"/apis/discovery.k8s.io/v1/namespaces/{other}/endpointslices", {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": "keda-1", "labels": {"kubernetes.io/service-name": "keda-operator-metrics-apiserver"}},
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [pod["status"]["podIP"]], "conditions": {"ready": True}}]})
+        spec = {k: v for k, v in original["spec"].items() if k != "service"}
+        spec["service"] = {"namespace": other, "name": "keda-operator-metrics-apiserver", "port": 443}
+        taken = ms.kube.apply(Kube.apiservice_path(NAME), {"apiVersion": "apiregistration.k8s.io/v1",
+                                                           "kind": "APIService", "metadata": {"name": NAME},
+                                                           "spec": spec}, manager="keda-operator")
+        assert taken["spec"]["service"]["namespace"] == other
+        events = wait_until("the BackendChanged Event", 60, lambda: [
+            e for e in ms.kube.get("/api/v1/namespaces/default/events")["items"]
+            if e["involvedObject"].get("name") == NAME and e["reason"] == "BackendChanged"])
+        event = events[-1]
+        with capsys.disabled():
+            print(f"\n  {event['type']} {event['reason']}: {event['message']}")
+        report("metrics-takeover", type=event["type"], message=event["message"])
+        assert event["type"] == "Warning"
+        assert (f"moved from Service kube-system/metrics-server:443 to Service {other}/keda-operator-metrics-apiserver"
+                ":443 by keda-operator (Apply") in event["message"], event["message"]
+        # the new backend serves: the verdict follows it
+        wait_conditions(ms.api, {OURS: PASSED}, 120)
+    finally:
+        back = {k: v for k, v in original["spec"].items()}
+        ms.kube.apply(Kube.apiservice_path(NAME), {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+                                                   "metadata": {"name": NAME}, "spec": back}, manager="e2e-restore")
+        kubectl(ms.cluster, "delete", "namespace", other, "--ignore-not-found", "--wait=false", check=False)
+    wait_conditions(ms.api, {OURS: PASSED, THEIRS: PASSED}, 180)
