@@ -137,6 +137,10 @@ ROWS = [
     Row("metrics-server as shipped (insecureSkipTLSVerify): no token goes, the anonymous probe is refused, users "
         "are served", [answer(EP, 403, "forbidden")], [ok(I1)], ("True", "Passed"), ("False", "AsExpected"),
         plan=PLAN_INSECURE, degraded_has=("sent without credentials", "403 (anonymous refused)")),
+    Row("metrics-server as shipped, control plane cut: the anonymous refusal says the endpoints answer",
+        [answer(EP, 403, "forbidden")], [timeout(I1)], ("False", "ControlPlaneUnreachable"), ("False", "Unavailable"),
+        kube=(Status.FALSE, KUBE_TIMEOUT), plan=PLAN_INSECURE,
+        available_has=("the endpoints answer the operator directly (1/1 refuse its anonymous probe",)),
     Row("verified TLS and the probe identity refused while users are served: our probe's problem, said",
         [answer(EP, 403, "forbidden")], [ok(I1)], ("True", "Passed"), ("True", "DirectProbeFailed")),
     Row("server refuses ordinary users with 403", [answer(EP, 403, "forbidden")],

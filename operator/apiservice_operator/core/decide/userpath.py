@@ -103,8 +103,13 @@ def conclude_path(plan: ProbePlan, probes: Sequence[ProbeResult], budget: float,
         message += f"; 0/{instances} kube-apiserver instances served discovery"
         return Verdict(Status.FALSE, reason, message), Verdict(Status.FALSE, "Unavailable", f"not available: {reason}")
 
-    direct_words = (f"the endpoints answer the operator directly ({len(direct_passed)}/{total} passed)"
-                    if direct_passed else f"directly: {list_failures(direct_failed)}")
+    if direct_passed:
+        direct_words = f"the endpoints answer the operator directly ({len(direct_passed)}/{total} passed)"
+    elif plan.insecure_skip_tls_verify and direct_failed and len(direct_refused) == len(direct_failed):
+        direct_words = (f"the endpoints answer the operator directly ({len(direct_refused)}/{total} refuse its "
+                        f"anonymous probe, as they should: no token goes where TLS is not verified)")
+    else:
+        direct_words = f"directly: {list_failures(direct_failed)}"
     server_down = not direct_passed and len(direct_refused) < len(direct_failed)
     refused = [r for r in failed if r.outcome is PathOutcome.REFUSED]
     if refused and path.identity_allowed is False:
