@@ -44,14 +44,16 @@ def apiservice_name(group_version: str) -> str:
     return f"{version}.{group}" if group else version
 
 
+def name_some(names: Sequence[str], noun: str) -> str:
+    """"2 <noun>s: a, b", sorted; past MAX_NAMED the rest as "and N more" (a message stays short)."""
+    names = sorted(names)
+    shown = ", ".join(names[:MAX_NAMED]) + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
+    return f"{len(names)} {noun}{'' if len(names) == 1 else 's'}: {shown}"
+
+
 def describe_blocked(namespaces: Sequence[str]) -> str:
     """The words added to an unavailable API's message; "" when it blocks nothing."""
-    if not namespaces:
-        return ""
-    names = sorted(namespaces)
-    shown = ", ".join(names[:MAX_NAMED]) + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
-    noun = "namespace" if len(names) == 1 else "namespaces"
-    return f"blocking deletion of {len(names)} {noun}: {shown}"
+    return f"blocking deletion of {name_some(namespaces, 'namespace')}" if namespaces else ""
 
 
 def blocked_count(message: str) -> int:

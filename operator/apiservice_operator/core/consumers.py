@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from apiservice_operator.core.blast import name_some
+
 # the three groups whose one APIService each is read by the HPA controller (and which only one backend
 # can serve at a time: installing KEDA or prometheus-adapter repoints the other's APIService)
 METRICS_GROUPS: Mapping[str, str] = {
@@ -23,7 +25,6 @@ METRICS_GROUPS: Mapping[str, str] = {
     "external.metrics.k8s.io": "external",  # KEDA, prometheus-adapter: External metrics
 }
 CONDITION = "ScalingActive"
-MAX_NAMED = 10
 _STALLING = re.compile(r"stalling (\d+) HorizontalPodAutoscalers?")
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9.-]*\.k8s\.io")
 
@@ -75,12 +76,7 @@ def stalled_autoscalers(hpas: Iterable[Mapping[str, Any]], group: str, service_h
 
 def describe_stalled(names: Sequence[str]) -> str:
     """The words added to an unavailable metrics API's message; "" when it stalls none."""
-    if not names:
-        return ""
-    names = sorted(names)
-    shown = ", ".join(names[:MAX_NAMED]) + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
-    noun = "HorizontalPodAutoscaler" if len(names) == 1 else "HorizontalPodAutoscalers"
-    return f"stalling {len(names)} {noun}: {shown}"
+    return f"stalling {name_some(names, 'HorizontalPodAutoscaler')}" if names else ""
 
 
 def stalled_count(message: str) -> int:
