@@ -48,6 +48,7 @@ WHICH = (US, TWIN, AIDED)
 # the repair. kube-apiserver's Available can turn True while its proxy still answers 503: one worker
 # takes in every APIService's verdict, and it waits on a hung server's OpenAPI document meanwhile
 USERS = "users through kube-apiserver (twin)"
+USERS_HANDLED = "users through kube-apiserver (handled)"  # the same, for the group the operator judges
 POLL = 0.02  # seconds between the user's requests
 
 
@@ -200,10 +201,12 @@ def one_fault(fault: Fault, lane: Lane, watcher: Watcher, reps: int, samples: Sa
         time.sleep(max(0.0, t0 + fault.outage - time.monotonic()))
         t1 = time.monotonic()
         fault.repair(lane)
-        user = None
+        users = []
         if fault.theirs_recovers:
-            user = threading.Thread(target=_user_recovers, args=(fault, lane, t1, samples), daemon=True)
-            user.start()
+            for group, which in ((lane.api.twin_group, USERS), (lane.api.group, USERS_HANDLED)):
+                users.append(threading.Thread(target=_user_recovers, args=(fault, lane, group, which, t1, samples),
+                                              daemon=True))
+                users[-1].start()
         for which, (name, ctype, bad, good) in targets.items():
             if which != US and not fault.theirs_recovers:
                 continue
@@ -211,23 +214,23 @@ def one_fault(fault: Fault, lane: Lane, watcher: Watcher, reps: int, samples: Sa
                 continue  # it never flipped: there is nothing to recover from
             t = watcher.wait(name, ctype, good, t1, BOUND)
             samples.add(fault.name, "recovery", which, None if t is None else t - t1)
-        if user is not None:
+        for user in users:
             user.join()
 
 
-def _user_recovers(fault: Fault, lane: Lane, t1: float, samples: Samples) -> None:
-    """Seconds from the repair until a user's discovery request for the twin's group/version passes
-    through kube-apiserver (None: not within BOUND)."""
-    path = f"/apis/{lane.api.twin_group}/{lane.api.version}"
+def _user_recovers(fault: Fault, lane: Lane, group: str, which: str, t1: float, samples: Samples) -> None:
+    """Seconds from the repair until a user's discovery request for `group` passes through
+    kube-apiserver (None: not within BOUND)."""
+    path = f"/apis/{group}/{lane.api.version}"
     while time.monotonic() - t1 < BOUND:
         try:
             if lane.api.kube.http.get(path, timeout=5).status_code == 200:
-                samples.add(fault.name, "recovery", USERS, time.monotonic() - t1)
+                samples.add(fault.name, "recovery", which, time.monotonic() - t1)
                 return
         except Exception:  # a timeout or reset is a failed request, as a user sees it
             pass
         time.sleep(POLL)
-    samples.add(fault.name, "recovery", USERS, None)
+    samples.add(fault.name, "recovery", which, None)
 
 
 def start_lanes(faults: list[Fault], make_api: Callable[[str], TwinAPI], watcher: Watcher, reps: int,
