@@ -89,6 +89,7 @@ diagnose() {
   k -n apiservice-operator logs -l app.kubernetes.io/name=apiservice-operator --tail=40 --prefix || true
   k get events -A --sort-by=.lastTimestamp | tail -40 || true
 }
+EGRESS_RULES=()  # the guard's rules (guard_egress), removed with the cluster
 finish() {
   local rc=$?
   if (( rc != 0 )) && [[ -f "$KUBECONFIG_FILE" ]]; then diagnose "$rc" >&2; fi
@@ -98,6 +99,10 @@ finish() {
     log "deleting cluster $CLUSTER"
     "$KIND" delete cluster --name "$CLUSTER" >&2 || true
     rm -rf "$WORK"
+    for rule in "${EGRESS_RULES[@]}"; do
+      read -ra words <<<"$rule"
+      "${words[0]}" -D "${words[@]:1}" 2>/dev/null || true
+    done
   fi
   log "done (exit $rc)"
   exit $rc
@@ -123,6 +128,26 @@ fi
 log "creating cluster $CLUSTER"
 "$KIND" create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --config "$WORK/cluster.yaml" \
   --kubeconfig "$KUBECONFIG_FILE" --wait 180s >&2
+# Test traffic stays on this machine. A packet from the kind network to anywhere outside it (a Service
+# IP that kube-proxy has not set up yet, routed out of the node by its default route: seen once, a
+# fresh Service's cluster IP answered by something beyond this machine) is refused here, not sent on.
+guard_egress() {
+  command -v iptables >/dev/null 2>&1 && iptables -S DOCKER-USER >/dev/null 2>&1 || {
+    log "no DOCKER-USER chain (a Docker engine without its iptables rules): the kind network's egress is not guarded"
+    return 0; }
+  local bridge subnet tool
+  bridge="br-$(docker network inspect kind -f '{{.Id}}' | cut -c1-12)"
+  for subnet in $(docker network inspect kind -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}'); do
+    tool=iptables
+    [[ "$subnet" == *:* ]] && tool=ip6tables
+    command -v "$tool" >/dev/null 2>&1 && "$tool" -S DOCKER-USER >/dev/null 2>&1 || continue
+    "$tool" -C DOCKER-USER -i "$bridge" ! -d "$subnet" -j REJECT 2>/dev/null \
+      || "$tool" -I DOCKER-USER -i "$bridge" ! -d "$subnet" -j REJECT
+    EGRESS_RULES+=("$tool DOCKER-USER -i $bridge ! -d $subnet -j REJECT")
+    log "egress from the kind network ($bridge) limited to $subnet"
+  done
+}
+guard_egress
 log "loading ${IMAGES[*]} into the node"
 "$KIND" load docker-image --name "$CLUSTER" "${IMAGES[@]}" >&2
 log "kubectl apply -k manifests/"
