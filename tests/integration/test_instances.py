@@ -27,7 +27,8 @@ OURS_TIMEOUT = 45
 RECOVERY_TIMEOUT = 120
 STABLE_FOR = 60.0
 INSTANCES_OPERATOR_PORT = free_port("0.0.0.0")
-INSTANCES_EXPLAIN_PORT = free_port("127.0.0.1")
+# two free ports asked apart may be the same one (the first was closed): the operator refuses that
+INSTANCES_EXPLAIN_PORT = next(p for p in iter(lambda: free_port("127.0.0.1"), None) if p != INSTANCES_OPERATOR_PORT)
 
 
 @pytest.fixture(scope="module")

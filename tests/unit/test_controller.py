@@ -550,3 +550,31 @@ async def test_a_failing_metrics_api_names_the_hpas_it_stalls_and_a_working_one_
     down.clear()
     await controller.check(metrics)
     assert recorder.last(metrics)["Available"] == ("True", "Passed") and len(asked) == 1
+
+
+async def test_kube_apiservers_message_changing_during_a_hung_check_never_keeps_it_from_a_verdict() -> None:
+    """On a hung server kube-apiserver's own check ends every 5 s, its message changing each time
+    (seen in test_faults' tcp-hang): each change asks for a fresh check, and cancelling the one
+    running at each kept the verdict from ever being written."""
+    world = World()
+    name = world.add("hung.example.com")
+    started: list[float] = []
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        started.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(5)
+        return [ProbeResult(t, False, 5.0, ErrorKind.TIMEOUT, "timeout: no complete answer within 5s")
+                for t in plan.targets]
+
+    recorder = Recorder(world)
+    controller = Controller(Settings(probe_interval=10, min_probe_interval=10), world, probe, recorder.write)
+    controller.changed_now([name])
+    task = asyncio.create_task(controller.run())
+    for _ in range(6):
+        await asyncio.sleep(4.9)
+        controller.kube_changed(name)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert recorder.writes and recorder.last(name)["Available"] == ("False", "FailedDiscoveryCheck")
+    assert recorder.writes[0][2] <= 5.1  # the first check ended in its verdict
+    assert len(started) >= 5  # and each change was followed by a check of its own

@@ -132,14 +132,20 @@ class Controller:
         self.gate = WriteGate(self.settings.max_write_rate, license=lambda: self.license())
         self._cheap: set[str] = set()  # failing cheaply (refused, an error status) or awaiting kube-apiserver
         self.backend_changes: dict[str, BackendChange] = {}  # each APIService's last change of backend
+        self._again: set[str] = set()  # to be checked again as soon as the check running now ends
 
     # --- triggers -------------------------------------------------------------------------------
     def kube_changed(self, name: str) -> None:
         """kube-apiserver's own Available (or its message) on this APIService moved: it has news
         about the server (kube-aggregator re-checks a failing one from 5 ms on), so look again at
-        once, and a failing one's backoff starts over."""
+        once, and a failing one's backoff starts over. A check already running is not cancelled but
+        followed at once by another: on a hung server kube-apiserver's message changes with each of
+        its own 5 s checks, and cancelling ours at each kept it from ever ending in a verdict."""
         self.retry.kick(name)
-        self.changed_now([name])
+        if name in self._inflight:
+            self._again.add(name)
+        else:
+            self.changed_now([name])
 
     async def backend_changed(self, name: str, uid: str | None, change: BackendChange) -> None:
         """The APIService now points elsewhere (core/backends): kept for explain, and told as an Event
@@ -159,6 +165,7 @@ class Controller:
         self.retry.forget(name)
         self._cheap.discard(name)
         self.backend_changes.pop(name, None)
+        self._again.discard(name)
         self.cadence.forget(name)
         self.sharing.forget(name)
         self.pipeline.forget(name)
@@ -223,7 +230,11 @@ class Controller:
             if self._inflight.get(name) is me:
                 del self._inflight[name]
                 if self.inputs.apiservice(name) is not None:
-                    self._next_periodic(name)
+                    if name in self._again:
+                        self._again.discard(name)
+                        self.changed_now([name])
+                    else:
+                        self._next_periodic(name)
 
     async def check(self, name: str) -> bool:
         """One check and its write; False when it could not run yet: the watches of the Service it
