@@ -61,9 +61,11 @@ class Plane:
 
 def latency_phase(planes: dict[str, Plane], work: Path, ca: pki.KeyPair, reps: int) -> tuple[
         latency.Samples, dict[str, float]]:
-    """Every lane of every plane at once; returns the samples and each plane's periodic interval."""
+    """Every lane of every plane at once, but the hung server's after the others (latency.ALONE);
+    returns the samples and each plane's periodic interval."""
     samples = latency.Samples()
     threads: list[threading.Thread] = []
+    later: list[tuple[list[latency.Fault], Callable[[str], latency.TwinAPI], Plane, str]] = []
     operators: dict[str, tuple[scale.Operator, int]] = {}
     apis: list[latency.TwinAPI] = []
     try:
@@ -92,10 +94,15 @@ def latency_phase(planes: dict[str, Plane], work: Path, ca: pki.KeyPair, reps: i
                 assert isinstance(plane.cp, MultiControlPlane)
                 faults = latency.path_faults(plane.cp)
             else:
-                faults = latency.ENDPOINT_FAULTS
+                faults = [f for f in latency.ENDPOINT_FAULTS if f.name not in latency.ALONE]
+                later.append(([f for f in latency.ENDPOINT_FAULTS if f.name in latency.ALONE], make_api, plane,
+                              f"{key[:4]}h"))
             threads += latency.start_lanes(faults, make_api, plane.watcher, reps, samples, prefix=f"{key[:4]}")
         for t in threads:
             t.join()
+        for faults, make, plane, prefix in later:
+            for t in latency.start_lanes(faults, make, plane.watcher, reps, samples, prefix=prefix):
+                t.join()
         intervals = {}
         for key, (_, port) in operators.items():
             wait_for(lambda port=port: scale.operator_ready(port), 30, "operator ready")  # type: ignore[misc]
@@ -143,14 +150,15 @@ def main() -> int:
         else:
             notes.append(f"user's-path faults left out: {why_not}")
 
-        say(f"detection latency: {reps} repetitions of each fault, every lane at once")
+        say(f"detection latency: {reps} repetitions of each fault, every lane at once but the hung server's, after")
         samples, intervals = latency_phase(planes, work, ca, reps)
         if "path" in planes:
             planes.pop("path").close()
             closers.pop()
         notes.append("latency: the endpoint faults on one kube-apiserver; the user's-path faults on a second "
                      "plane of two kube-apiservers (one etcd, each its own uid, cut with iptables' owner match), "
-                     "both planes at once; the operator with `" + " ".join(scale.OPERATOR_ARGS) + "` on each")
+                     "both planes at once, the hung server's lane after the others (latency.ALONE); the operator "
+                     "with `" + " ".join(scale.OPERATOR_ARGS) + "` on each")
 
         main_plane = planes["endpoints"]
         results = []
