@@ -6,7 +6,6 @@ cluster whose metrics APIs work pays nothing."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,7 +13,7 @@ from typing import Any
 
 from apiservice_operator.core.consumers import CONDITION, stalled_autoscalers
 from apiservice_operator.core.model import Obj
-from apiservice_operator.kube.client import API_TIMEOUT, Credentials
+from apiservice_operator.kube.client import API_TIMEOUT, Credentials, get_json
 
 log = logging.getLogger(__name__)
 PATH = "/apis/autoscaling/v2/horizontalpodautoscalers"
@@ -79,11 +78,6 @@ class AutoscalerReader:
                 return items
 
     async def _get(self, query: list[tuple[str, str]]) -> dict[str, Any]:
-        credentials = self._credentials
-        if credentials is None or credentials.api is None:
+        if self._credentials is None:
             raise RuntimeError("not logged in")
-        response = await credentials.api.call_api(
-            PATH, "GET", query_params=query, header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"], _preload_content=False, _request_timeout=API_TIMEOUT)
-        response = response[0] if isinstance(response, tuple) else response
-        return dict(json.loads(await response.read()))
+        return dict(await get_json(self._credentials, PATH, query))

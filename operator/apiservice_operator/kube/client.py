@@ -107,6 +107,19 @@ class Credentials:
             self.http = None
 
 
+async def get_json(credentials: Credentials, path: str, query: list[tuple[str, str]] | None = None,
+                   accept: str = "application/json") -> Any:
+    """One GET through the operator's API client, the body parsed as JSON without kubernetes_asyncio's
+    model classes (a page of 500 objects would be built twice)."""
+    if credentials.api is None:
+        raise RuntimeError("not logged in")
+    response = await credentials.api.call_api(
+        path, "GET", query_params=query or [], header_params={"Accept": accept},
+        auth_settings=["BearerToken"], _preload_content=False, _request_timeout=API_TIMEOUT)
+    response = response[0] if isinstance(response, tuple) else response
+    return json.loads(await response.read())
+
+
 def writer_client(configuration: client.Configuration) -> tuple[httpx.AsyncClient, pool.ConnectionPool | None]:
     """The connection facts kopf's watches get too (server, CA, client certificate, verification),
     plus the kubeconfig's tls-server-name and proxy-url; the bearer token goes per request."""

@@ -10,7 +10,6 @@ when we hold more do we list in full, and only an object that a GET confirms gon
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from apiservice_operator.kube.client import API_TIMEOUT, Credentials
+from apiservice_operator.kube.client import Credentials, get_json
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +74,10 @@ def _keys_of(items: Iterable[dict[str, Any]]) -> list[Key]:
 
 
 async def _get_json(credentials: Credentials, path: str, query: list[tuple[str, str]] | None = None) -> Any:
-    if credentials.api is None:
-        raise RuntimeError("not logged in")
-    response = await credentials.api.call_api(
-        path, "GET", query_params=query or [],
-        # metadata only: a resync costs the same for a 10-port Service as for an empty one
-        header_params={"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,"
-                                 "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"},
-        auth_settings=["BearerToken"], _preload_content=False, _request_timeout=API_TIMEOUT)
-    response = response[0] if isinstance(response, tuple) else response
-    return json.loads(await response.read())
+    # metadata only: a resync costs the same for a 10-port Service as for an empty one
+    return await get_json(credentials, path, query,
+                          accept="application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,"
+                                 "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json")
 
 
 async def server_count(credentials: Credentials, kind: Kind) -> int | None:
