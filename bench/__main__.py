@@ -6,7 +6,8 @@ Writes bench/results/<date>-<what>.md and .png.
 - Latency: each fault on an APIService the operator handles and on its twin, which it does not
   (bench/latency.py says how they are kept apart); the endpoint faults on the local control plane,
   the user's-path faults (kube-apiserver instances cut from the server) on a second plane of two
-  kube-apiservers at the same time (BENCH_PATH=0 leaves it out; it needs root and iptables).
+  kube-apiservers at the same time (BENCH_PATH=0 leaves it out; it needs root and iptables;
+  BENCH_FAULTS="answers 500,refused" runs only the faults whose names contain one of its words).
 - Mass hang and scale on the first plane, one N after another; then the big cluster (BENCH_BIG unrelated
   Services and EndpointSlices, 10,000 by default, 0 leaves it out; bench/bigcluster.py).
 The machine's load is measured before anything starts, and during each steady window.
@@ -32,7 +33,7 @@ from bench import bigcluster, latency, load, report, scale, targets
 from bench.watcher import Watcher
 
 ENV = ("BENCH_REPS", "BENCH_SIZES", "BENCH_HANG", "BENCH_HANG_BOUND", "BENCH_WINDOW", "BENCH_PATH",
-       "BENCH_OPERATOR_PATH", "BENCH_BIG", "BENCH_BIG_CHURN", "BENCH_BIG_SECONDS")
+       "BENCH_FAULTS", "BENCH_OPERATOR_PATH", "BENCH_BIG", "BENCH_BIG_CHURN", "BENCH_BIG_SECONDS")
 
 
 def say(text: str) -> None:
@@ -41,6 +42,13 @@ def say(text: str) -> None:
 
 def _ints(name: str, default: str) -> list[int]:
     return [int(s) for s in os.environ.get(name, default).split(",") if s]
+
+
+def _chosen(faults: list[latency.Fault]) -> list[latency.Fault]:
+    """BENCH_FAULTS: only the faults whose names contain one of its comma-separated words (every fault
+    when unset); one lane's figures, measured alone, in minutes rather than a whole run's."""
+    words = [w.strip() for w in os.environ.get("BENCH_FAULTS", "").split(",") if w.strip()]
+    return [f for f in faults if not words or any(w in f.name for w in words)]
 
 
 class Plane:
@@ -92,11 +100,11 @@ def latency_phase(planes: dict[str, Plane], work: Path, ca: pki.KeyPair, reps: i
             operators[key] = (op, port)
             if key == "path":
                 assert isinstance(plane.cp, MultiControlPlane)
-                faults = latency.path_faults(plane.cp)
+                faults = _chosen(latency.path_faults(plane.cp))
             else:
-                faults = [f for f in latency.ENDPOINT_FAULTS if f.name not in latency.ALONE]
-                later.append(([f for f in latency.ENDPOINT_FAULTS if f.name in latency.ALONE], make_api, plane,
-                              f"{key[:4]}h"))
+                faults = _chosen([f for f in latency.ENDPOINT_FAULTS if f.name not in latency.ALONE])
+                later.append((_chosen([f for f in latency.ENDPOINT_FAULTS if f.name in latency.ALONE]), make_api,
+                              plane, f"{key[:4]}h"))
             threads += latency.start_lanes(faults, make_api, plane.watcher, reps, samples, prefix=f"{key[:4]}")
         for t in threads:
             t.join()
