@@ -57,3 +57,28 @@ async def test_an_answer_that_is_not_aggregated_discovery_is_no_evidence(tls_ser
             await clients.aclose()
         assert view.instances[0].freshness is None and view.read() == (), view
         assert view.instances[0].detail
+
+
+async def test_a_group_not_current_in_a_read_over_a_tenth_of_a_second_old_is_read_again(
+        tls_server: TLSFactory) -> None:  # noqa: F811
+    """kube-apiserver lists a repaired group as Current within milliseconds of its own verdict: a read
+    from before the repair must not hold our recovery back, nor may a group that stays Stale cost a
+    read per check."""
+    server = tls_server(Answer(body=DOCUMENT, headers=(("Content-Type", V2),)))
+    instance = Target("127.0.0.1", server.port)
+    now = [100.0]
+    clients = ClientViewReader(CA.cert_pem, lambda: "probe-token", 2.0, clock=lambda: now[0])
+    try:
+        first = await clients.view([instance], SERVICE_NAME, plan("demo.example.com/v2"), [])
+        reads = clients.reads
+        now[0] += 0.05  # within a tenth of a second: the read stands, Stale as it said
+        soon = await clients.view([instance], SERVICE_NAME, plan("demo.example.com/v2"), [])
+        assert clients.reads == reads
+        server.answer = Answer(body=DOCUMENT.replace(b', "freshness": "Stale"', b""), headers=(("Content-Type", V2),))
+        now[0] += 0.1  # past it: asked again before Stale is said, and the repair shows
+        later = await clients.view([instance], SERVICE_NAME, plan("demo.example.com/v2"), [])
+    finally:
+        await clients.aclose()
+    assert first.instances[0].freshness is Freshness.STALE and soon.instances[0].freshness is Freshness.STALE
+    assert later.instances[0].freshness is Freshness.CURRENT
+    assert server.record.paths.count("/apis") == 2

@@ -44,7 +44,12 @@ from apiservice_operator.probing.shared import SharedRead
 ACCEPT = f"{V2_ACCEPT};profile=nopeer, {V2_ACCEPT}"
 MAX_BODY = 32 << 20  # bytes of /apis or /openapi/v3 (or one group's OpenAPI document) at most
 MAX_AGE = 5.0  # seconds a read serves every check that asks for it
-RECHECK_AGE = 0.5  # seconds: a read older than this is asked again before a group/version is judged not Current
+# seconds: a read older than this is asked again before a group/version is judged not Current. kube-apiserver
+# refreshes a repaired group's entry within milliseconds of taking in its own verdict (kube-aggregator's
+# discovery manager is told at once), so a read from half a second before said Stale for a group that
+# had been Current for 0.4 s: our recovery lagged by that much (make bench). At most ten reads a second
+# per instance, and only while a group whose endpoints and path answer is not Current.
+RECHECK_AGE = 0.1
 KEEP_ON_ERROR = 60.0  # seconds a good read stands in for failed ones
 MAX_DOCUMENTS = 4096  # OpenAPI document answers remembered per instance
 DOCUMENT_AGE = 300.0  # seconds an answered OpenAPI document stands before it is read again
