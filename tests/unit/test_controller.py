@@ -409,6 +409,44 @@ async def test_no_path_probe_while_every_endpoint_is_silent() -> None:
     assert recorder.last(name)["Available"] == ("False", "FailedDiscoveryCheck")
 
 
+async def test_a_check_that_waited_for_a_probe_slot_while_its_endpoints_went_silent_asks_no_path() -> None:
+    """In a mass hang most checks wait for a slot; whether the endpoints are silent is asked once the
+    slot is ours, or each waiter's path probe held it for a whole budget (1,000 behind one hung
+    server: the last 150 flipped at 20 a second)."""
+    world = World()
+    name = world.add("hung.example.com", address="10.0.0.7")
+    other = world.add("busy.example.com", address="10.0.0.8")
+    asked_through: list[str] = []
+    release = asyncio.Event()
+    silent = {"now": False}
+
+    async def through_kube_apiserver(plan: ProbePlan) -> list[ProbeResult]:
+        asked_through.append(plan.path)
+        return healthy(plan)
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        if plan.targets[0].host == "10.0.0.8":
+            await release.wait()  # holds the only slot
+            return healthy(plan)
+        return [ProbeResult(t, False, 0.0, ErrorKind.TIMEOUT, "timeout: has answered no request") for t in plan.targets]
+
+    checker = PathChecker("kubeconfig", ClusterAccess("https://10.96.0.1:443", None, False), world,
+                          through_kube_apiserver, None, lambda: asyncio.get_running_loop().time())
+    recorder = Recorder(world)
+    controller = Controller(Settings(concurrency=1), world, probe, recorder.write, path=checker,
+                            silent=lambda target: silent["now"] and target.host == "10.0.0.7")
+    busy = asyncio.create_task(controller.check(other))
+    await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(controller.check(name))
+    await asyncio.sleep(0.01)  # it waits for the slot; meanwhile its endpoint is judged silent
+    silent["now"] = True
+    asked_through.clear()
+    release.set()
+    await asyncio.gather(busy, waiting)
+    assert asked_through == []
+    assert recorder.last(name)["Available"] == ("False", "FailedDiscoveryCheck")
+
+
 async def test_no_second_budget_through_kube_apiserver_once_the_endpoints_have_just_gone_silent() -> None:
     world = World()
     name = world.add("hung.example.com", address="10.0.0.7")
@@ -578,3 +616,4 @@ async def test_kube_apiservers_message_changing_during_a_hung_check_never_keeps_
     assert recorder.writes and recorder.last(name)["Available"] == ("False", "FailedDiscoveryCheck")
     assert recorder.writes[0][2] <= 5.1  # the first check ended in its verdict
     assert len(started) >= 5  # and each change was followed by a check of its own
+
