@@ -80,8 +80,9 @@ def test_refused_and_error_statuses_are_cheap_to_ask_again_and_timeouts_are_not(
 
 
 @pytest.mark.parametrize(("failing", "interval", "cap"), [
-    (1, 20.0, CHEAP_RETRY_CAP),  # one server down: asked again at least twice a second
-    (10, 20.0, CHEAP_RETRY_CAP),  # 10 at 0.5 s: 20/s, the probe rate
+    (1, 20.0, CHEAP_RETRY_CAP),  # one server down: asked again four times a second
+    (5, 20.0, CHEAP_RETRY_CAP),  # 5 at 0.25 s: 20/s, the probe rate
+    (10, 20.0, 0.5),  # 10 share it: each every 0.5 s
     (100, 20.0, 5.0),  # 100 share the rate: each every 5 s
     (1000, 20.0, 20.0),  # never past the periodic interval
     (1, 0.2, 0.2),  # nor past a periodic interval shorter than the cap

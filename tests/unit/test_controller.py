@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-from apiservice_operator.check.controller import CHEAP_RETRY_CAP, Controller
+from apiservice_operator.check.controller import CHEAP_RETRY_CAP, Controller, utc_now
 from apiservice_operator.check.schedule import ProbeQueue
+from apiservice_operator.core.clientview import ClientView, Freshness, InstanceView
 from apiservice_operator.core.model import Condition, ErrorKind, Obj, ProbePlan, ProbeResult, WriteFailed
+from apiservice_operator.core.retry import RetryPolicy
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.probing.pathcheck import ClusterAccess, PathChecker
 from tests import builders
@@ -617,3 +619,61 @@ async def test_kube_apiservers_message_changing_during_a_hung_check_never_keeps_
     assert recorder.writes[0][2] <= 5.1  # the first check ended in its verdict
     assert len(started) >= 5  # and each change was followed by a check of its own
 
+
+async def test_each_step_of_kube_apiservers_catching_up_is_looked_at_again_from_the_base() -> None:
+    """After a repair kube-apiserver first lifts its 503 (its own Available), then lists the group as
+    Current in its aggregated discovery within milliseconds: the second step is looked for 0.1 s
+    after the first is seen, not after a backoff doubled by it."""
+    world = World()
+    name = world.add("repaired.example.com")
+    gate = {"open": False}
+
+    async def through_kube_apiserver(plan: ProbePlan) -> list[ProbeResult]:
+        if gate["open"]:
+            return healthy(plan)
+        return [ProbeResult(t, False, 0.0, ErrorKind.HTTP_STATUS, "HTTP 503", status_code=503,
+                            body="service unavailable") for t in plan.targets]
+
+    class StaleClients:
+        async def view(self, instances: Sequence[Any], server_name: str, plan: ProbePlan,
+                       own_resources: Sequence[str], everything: bool = False, ask: bool = True) -> ClientView:
+            return ClientView(tuple(InstanceView(i, Freshness.STALE) for i in instances))
+
+    server = {"repaired": False}
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        if server["repaired"]:
+            return healthy(plan)
+        return [ProbeResult(t, False, 0.0, ErrorKind.HTTP_STATUS, "HTTP 500", status_code=500) for t in plan.targets]
+
+    checker = PathChecker("kubeconfig", ClusterAccess("https://10.96.0.1:443", None, False), world,
+                          through_kube_apiserver, None, lambda: asyncio.get_running_loop().time())
+    recorder = Recorder(world)
+
+    async def write(target: str, conditions: Sequence[Condition]) -> bool:
+        await recorder.write(target, conditions)
+        kube = {"type": "Available", "status": "True", "reason": "Passed", "lastTransitionTime": utc_now()} \
+            if gate["open"] else \
+            {"type": "Available", "status": "False", "reason": "FailedDiscoveryCheck", "message": "bad status: 500"}
+        world.apiservices[target]["status"]["conditions"].append(kube)  # kube-apiserver's own, beside ours
+        return True
+
+    controller = Controller(Settings(), world, probe, write, path=checker, clients=StaleClients(),
+                            retry=RetryPolicy(rand=lambda: 0.0))
+    for _ in range(4):  # an outage: the backoff grows
+        await controller.check(name)
+    assert recorder.last(name)["Available"] == ("False", "FailedDiscoveryCheck")
+    server["repaired"] = True
+    checker.forget(name)
+    await controller.check(name)
+    assert recorder.last(name)["Available"] == ("False", "AwaitingKubeAPIServer")
+    assert controller.retry.delay(name, 10.0) == pytest.approx(0.1)
+    gate["open"] = True  # our write made kube-apiserver re-check: its Available is True, its proxy passes
+    world.apiservices[name]["status"]["conditions"][-1] = {"type": "Available", "status": "True", "reason": "Passed",
+                                                           "lastTransitionTime": utc_now()}
+    checker.forget(name)
+    await controller.check(name)
+    assert recorder.last(name)["Available"] == ("Unknown", "AwaitingKubeAPIServer")
+    assert controller.retry.delay(name, 10.0) == pytest.approx(0.1)  # a new step: from the base again
+    await controller.check(name)
+    assert controller.retry.delay(name, 10.0) == pytest.approx(0.2)  # the same step: it backs off

@@ -6,7 +6,7 @@ kube-aggregator re-queues a failed check with client-go's exponential failure ra
 30 s, remote_available_controller.go): fast after short outages, gentle during long ones. Ours
 starts at 1 s (a probe costs a round trip to the server, not a map lookup) and is capped by the
 caller, usually the periodic interval, so that a failing APIService is never re-checked less often
-than a healthy one; a cheap failure (refused, an error status) starts at 0.1 s and is capped at 0.5 s
+than a healthy one; a cheap failure (refused, an error status) starts at 0.1 s and is capped at 0.25 s
 while few fail (check/controller.py). Pure: the random source is injected.
 """
 
