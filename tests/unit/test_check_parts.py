@@ -249,6 +249,30 @@ async def test_writes_go_at_most_at_the_rate_in_bursts_of_one_second() -> None:
 
 
 @pytest.mark.looptime
+async def test_a_burst_stored_up_at_rest_goes_at_once_then_the_rate_paces_the_rest() -> None:
+    """A start or a shared server's hang writes many verdicts at once: the first `burst` go as fast as
+    they are taken, the rest at the rate, and a quiet spell stores the burst up again."""
+    gate = WriteGate(rate=10, burst=30)
+    loop = asyncio.get_running_loop()
+    sent: list[float] = []
+
+    async def write() -> bool:
+        sent.append(loop.time())
+        return True
+
+    start = loop.time()
+    await asyncio.gather(*(gate.send(write) for _ in range(50)))
+    assert sum(1 for t in sent if t - start < 0.01) == 30
+    assert loop.time() - start == pytest.approx(2.0, abs=0.2)  # the other 20 at 10 a second
+    await asyncio.sleep(10)  # at rest: 100 more would fit, the burst is what is kept
+    sent.clear()
+    start = loop.time()
+    await asyncio.gather(*(gate.send(write) for _ in range(40)))
+    assert sum(1 for t in sent if t - start < 0.01) == 30
+    assert loop.time() - start == pytest.approx(1.0, abs=0.2)
+
+
+@pytest.mark.looptime
 async def test_a_refused_write_defers_the_others_until_a_trial_lands() -> None:
     gate = WriteGate(rate=100, retry=RetryPolicy(rand=lambda: 0.0))
     refuse = True

@@ -53,10 +53,9 @@ Writer = Callable[[str, Sequence[Condition]], Awaitable[bool]]
 CHEAP_FAILURES = frozenset({ErrorKind.REFUSED, ErrorKind.HTTP_STATUS})
 CHEAP_RETRY_BASE = 0.1
 # ... and capped here rather than at the interval: after a 10 s outage a backoff grown to the interval
-# (4 s) held the recovery back by 2-4 s where kube-apiserver's unaided check saw it within 0.1 s
-# (make bench). Our AwaitingKubeAPIServer write is what makes kube-apiserver re-check at once. At 0.5 s
-# the repair still waited 0.25 s for our next look on average, where kube-apiserver, whose backoff had
-# only just begun, saw it within 0.05 s: 4 refused connections or error answers a second cost nothing.
+# (4 s) held the recovery back by 2-4 s, and at 0.5 s by 0.25 s on average, where kube-apiserver's
+# unaided check, its backoff just begun, saw it within 0.05 s (make bench); 4 refusals a second cost
+# nothing. Our AwaitingKubeAPIServer write is what makes kube-apiserver re-check at once.
 CHEAP_RETRY_CAP = 0.25
 
 
@@ -131,7 +130,8 @@ class Controller:
         self.sharing = EndpointSharing()
         self.written = Written()
         self.sweep = Sweep()
-        self.gate = WriteGate(self.settings.max_write_rate, license=lambda: self.license())
+        self.gate = WriteGate(self.settings.max_write_rate, self.settings.max_write_burst,
+                              license=lambda: self.license())
         self._cheap: set[str] = set()  # failing cheaply (refused, an error status) or awaiting kube-apiserver
         self.backend_changes: dict[str, BackendChange] = {}  # each APIService's last change of backend
         self._again: set[str] = set()  # to be checked again as soon as the check running now ends

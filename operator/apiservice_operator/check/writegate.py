@@ -1,10 +1,11 @@
-"""The pace of our status writes to kube-apiserver: at most --max-write-rate a second, and when
-kube-apiserver throttles or fails them (429 with Retry-After from API Priority and Fairness, 5xx, no
-answer) every write waits out one backoff (the retry policy, the hint honoured), then writes go one
-at a time again and the number in flight doubles with each that lands (TCP's slow start): a
-kube-apiserver that serves one of our writes at a time is asked about that many, not 64 at once the
-moment one lands. Without it, 1,000 failing writes were each retried a second later: ~1,000
-requests a second at a kube-apiserver that had just said it was overloaded.
+"""The pace of our status writes to kube-apiserver: up to --max-write-burst stored up at rest, then
+at most --max-write-rate a second (a token bucket), and when kube-apiserver throttles or fails them
+(429 with Retry-After from API Priority and Fairness, 5xx, no answer) every write waits out one
+backoff (the retry policy, the hint honoured), then writes go one at a time again and the number in
+flight doubles with each that lands (TCP's slow start): a kube-apiserver that serves one of our
+writes at a time is asked about that many, not 64 at once the moment one lands. Without it, 1,000
+failing writes were each retried a second later: ~1,000 requests a second at a kube-apiserver that
+had just said it was overloaded.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ MAX_BACKOFF = 15.0
 
 @dataclass
 class WriteGate:
-    rate: float  # writes per second at most, in bursts of up to one second's worth
+    rate: float  # writes per second at most, after `burst`
+    burst: int = 0  # writes stored up at rest (0: one second's worth)
     clock: Callable[[], float] = field(default=lambda: asyncio.get_running_loop().time())
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     license: Callable[[], float] = lambda: math.inf  # seconds this replica may still write (its Lease)
@@ -90,9 +92,10 @@ class WriteGate:
     async def _take_token(self) -> None:
         while True:
             now = self.clock()
+            most = float(self.burst) if self.burst > 0 else self.rate
             if self._tokens is None:
-                self._tokens, self._filled_at = self.rate, now
-            self._tokens = min(self.rate, self._tokens + (now - self._filled_at) * self.rate)
+                self._tokens, self._filled_at = most, now
+            self._tokens = min(most, self._tokens + (now - self._filled_at) * self.rate)
             self._filled_at = now
             if self._tokens >= 1 - 1e-6:  # float sums of elapsed time fall just short of whole tokens
                 self._tokens -= 1
