@@ -449,6 +449,37 @@ async def test_a_check_that_waited_for_a_probe_slot_while_its_endpoints_went_sil
     assert recorder.last(name)["Available"] == ("False", "FailedDiscoveryCheck")
 
 
+async def test_a_path_probe_beside_a_probe_that_finds_its_endpoints_silent_is_not_waited_for() -> None:
+    """The probe waits on its endpoint's lane while earlier probes time out, then is judged silent at
+    once; the path probe sent beside it would wait out a budget through kube-apiserver, which relays to
+    the same endpoint, and hold the slot meanwhile."""
+    world = World()
+    name = world.add("hung.example.com", address="10.0.0.7")
+    silent = {"now": False}
+    asked: list[float] = []
+
+    async def through_kube_apiserver(plan: ProbePlan) -> list[ProbeResult]:
+        asked.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(5)
+        return [ProbeResult(t, False, 5.0, ErrorKind.TIMEOUT, "timeout") for t in plan.targets]
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        await asyncio.sleep(1)  # in the endpoint's lane, while the probes ahead of it time out
+        silent["now"] = True
+        return [ProbeResult(t, False, 0.0, ErrorKind.TIMEOUT, "timeout: has answered no request") for t in plan.targets]
+
+    checker = PathChecker("kubeconfig", ClusterAccess("https://10.96.0.1:443", None, False), world,
+                          through_kube_apiserver, None, lambda: asyncio.get_running_loop().time())
+    recorder = Recorder(world)
+    controller = Controller(Settings(), world, probe, recorder.write, path=checker,
+                            silent=lambda target: silent["now"])
+    started = asyncio.get_running_loop().time()
+    await controller.check(name)
+    assert asyncio.get_running_loop().time() - started == pytest.approx(1, abs=0.01)
+    assert len(asked) == 1  # it was sent beside the probe, and dropped
+    assert recorder.last(name)["Available"] == ("False", "FailedDiscoveryCheck")
+
+
 async def test_no_second_budget_through_kube_apiserver_once_the_endpoints_have_just_gone_silent() -> None:
     world = World()
     name = world.add("hung.example.com", address="10.0.0.7")
