@@ -8,7 +8,6 @@ import asyncio
 import pytest
 
 from apiservice_operator.check.cadence import Cadence
-from apiservice_operator.check.controller import CHEAP_RETRY_BASE, CHEAP_RETRY_CAP, cheap_retry_cap, retry_base
 from apiservice_operator.check.memory import Sweep, Written
 from apiservice_operator.check.pacing import Pacing
 from apiservice_operator.check.sharing import EndpointSharing
@@ -22,7 +21,14 @@ from apiservice_operator.core.model import (
     WriteDeferred,
     WriteFailed,
 )
-from apiservice_operator.core.retry import MAX_HINT, RetryPolicy
+from apiservice_operator.core.retry import (
+    CHEAP_RETRY_BASE,
+    CHEAP_RETRY_CAP,
+    MAX_HINT,
+    RetryPolicy,
+    cheap_retry_cap,
+    retry_base,
+)
 from apiservice_operator.core.settings import Settings
 
 A, B = Target("10.0.0.1", 8443), Target("10.0.0.2", 8443)

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from apiservice_operator.check.controller import CHEAP_RETRY_CAP, Controller, utc_now
+from apiservice_operator.check.controller import Controller, utc_now
 from apiservice_operator.check.schedule import ProbeQueue
 from apiservice_operator.core.clientview import ClientView, Freshness, InstanceView
 from apiservice_operator.core.model import Condition, ErrorKind, Obj, ProbePlan, ProbeResult, WriteFailed
-from apiservice_operator.core.retry import RetryPolicy
+from apiservice_operator.core.retry import CHEAP_RETRY_CAP, RetryPolicy
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.probing.pathcheck import ClusterAccess, PathChecker
 from tests import builders
@@ -708,3 +708,4 @@ async def test_each_step_of_kube_apiservers_catching_up_is_looked_at_again_from_
     assert controller.retry.delay(name, 10.0) == pytest.approx(0.1)  # a new step: from the base again
     await controller.check(name)
     assert controller.retry.delay(name, 10.0) == pytest.approx(0.2)  # the same step: it backs off
+

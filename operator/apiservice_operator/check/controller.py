@@ -31,15 +31,13 @@ from apiservice_operator.core.decide import AWAITING, changed
 from apiservice_operator.core.model import (
     WRITES_IN_FLIGHT,
     Condition,
-    ErrorKind,
-    ProbeResult,
     Status,
     Target,
     WriteDeferred,
     WriteFailed,
     WriteForbidden,
 )
-from apiservice_operator.core.retry import RetryPolicy
+from apiservice_operator.core.retry import CHEAP_RETRY_BASE, RetryPolicy, cheap_retry_cap, retry_base
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.core.transitions import EventSpec, event_for_transition
 from apiservice_operator.probing.pathcheck import PathChecker
@@ -47,30 +45,6 @@ from apiservice_operator.probing.pathcheck import PathChecker
 log = logging.getLogger("apiservice_operator")
 
 Writer = Callable[[str, Sequence[Condition]], Awaitable[bool]]
-# failures that cost the server nothing to answer again (a refused connection, an error status):
-# retried from CHEAP_RETRY_BASE, as kube-aggregator retries every failure from 5 ms; a timeout or a
-# TLS failure holds a connection or a handshake, and keeps the policy's 1 s
-CHEAP_FAILURES = frozenset({ErrorKind.REFUSED, ErrorKind.HTTP_STATUS})
-CHEAP_RETRY_BASE = 0.1
-# ... and capped here rather than at the interval: after a 10 s outage a backoff grown to the interval
-# (4 s) held the recovery back by 2-4 s, and at 0.5 s by 0.25 s on average, where kube-apiserver's
-# unaided check, its backoff just begun, saw it within 0.05 s (make bench); 4 refusals a second cost
-# nothing. Our AwaitingKubeAPIServer write is what makes kube-apiserver re-check at once.
-CHEAP_RETRY_CAP = 0.25
-
-
-def retry_base(probes: Sequence[ProbeResult]) -> float | None:
-    failed = [p.error for p in probes if not p.ok]
-    return CHEAP_RETRY_BASE if failed and all(e in CHEAP_FAILURES for e in failed) else None
-
-
-def cheap_retry_cap(failing: int, max_rate: float, interval: float) -> float:
-    """How long a cheaply failing APIService may wait at most: CHEAP_RETRY_CAP while few fail, longer
-    as more do, so that their retries together stay within --max-probe-rate (a shared server down
-    behind 1,000 APIServices is no storm), and never longer than the periodic interval."""
-    return min(interval, max(CHEAP_RETRY_CAP, failing / max_rate))
-
-
 UNLISTED_RETRY = 0.2  # seconds: a Service's watches list in a round trip or two
 
 EventSink = Callable[[str, str | None, EventSpec], Awaitable[None]]
