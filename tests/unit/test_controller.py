@@ -709,3 +709,45 @@ async def test_each_step_of_kube_apiservers_catching_up_is_looked_at_again_from_
     await controller.check(name)
     assert controller.retry.delay(name, 10.0) == pytest.approx(0.2)  # the same step: it backs off
 
+
+async def test_a_sibling_whose_check_was_running_when_its_shared_server_went_silent_looks_again() -> None:
+    """What one APIService's probe learns about a shared server is news for the others behind it. One
+    whose check is already running finishes it, but what it gathered may predate the news: it looks
+    again at once, not at its periodic turn (a mass hang's last flips came up to 14 s late)."""
+    world = World()
+    first = world.add("first.example.com", address="10.0.0.7")
+    second = world.add("second.example.com", address="10.0.0.7")
+    hung = {"now": False}
+    held = asyncio.Event()
+    probed: dict[str, int] = {}
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        group = plan.path.split("/")[2]
+        probed[group] = probed.get(group, 0) + 1
+        if group == "second.example.com" and probed[group] == 2:
+            await held.wait()  # started before the hang, answered before it: old evidence
+            return healthy(plan)
+        if hung["now"]:
+            await asyncio.sleep(2)  # the budget, shortened
+            return [ProbeResult(t, False, 2.0, ErrorKind.TIMEOUT, "timeout: no complete answer") for t in plan.targets]
+        return healthy(plan)
+
+    recorder = Recorder(world)
+    # periodic checks far apart: only news brings a check within the test
+    controller = Controller(Settings(probe_interval=60, min_probe_interval=60), world, probe, recorder.write)
+    await controller.check(first)
+    await controller.check(second)
+    loop = asyncio.create_task(controller.run())
+    controller.changed_now([second])
+    await asyncio.sleep(0.1)  # its check runs, held in its probe
+    hung["now"] = True
+    await controller.check(first)  # the shared endpoint stops answering: news for `second`
+    assert recorder.last(first)["Available"] == ("False", "FailedDiscoveryCheck")
+    await asyncio.sleep(0.1)  # the news is taken from the queue while its check still runs
+    held.set()
+    await asyncio.sleep(0.5)  # its old answer ends its check; it looks again at once
+    assert probed["second.example.com"] == 3
+    await asyncio.sleep(2.5)
+    loop.cancel()
+    await asyncio.gather(loop, return_exceptions=True)
+    assert recorder.last(second)["Available"] == ("False", "FailedDiscoveryCheck")

@@ -229,9 +229,14 @@ class Controller:
         if plan is not None:
             evidence = outcome.evidence
             self.metrics.observe_probes(name, evidence.measured)
-            # not urgent: a sibling whose check is already running finishes it rather than start over
+            # a sibling whose check is already running finishes it rather than start over, then looks
+            # again: what it gathered may predate the news (a mass hang's last flips came at their
+            # periodic turn, up to 14 s late, make bench)
             for sibling in self.sharing.record(name, evidence.measured):
-                self.queue.schedule(sibling, self.settings.debounce, urgent=False)
+                if sibling in self._inflight:
+                    self._again.add(sibling)
+                else:
+                    self.queue.schedule(sibling, self.settings.debounce, urgent=False)
             self.metrics.observe_certificates(name, plan, evidence.probes)
             if evidence.asked is not None:
                 self.metrics.observe_path(evidence.asked)
