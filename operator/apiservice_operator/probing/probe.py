@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 import httpx
 
 from apiservice_operator import __version__
-from apiservice_operator.core import boundedjson, certs
+from apiservice_operator.core import certs
+from apiservice_operator.core.documents import read_document, status_message
 from apiservice_operator.core.model import Certificate, ErrorKind, Handshake, ProbePlan, ProbeResult, Target
 from apiservice_operator.core.silence import Silence
 from apiservice_operator.probing import pool
@@ -26,7 +27,6 @@ from apiservice_operator.probing.looplag import LoopLag
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20
 MAX_EXCERPT_BYTES = 4096  # of a non-2xx body, read only to quote who refused and why
-MAX_EXCERPT_CHARS = 300
 MAX_CLIENTS = 1024
 USER_AGENT = f"apiservice-operator/{__version__}"
 # requests in flight per endpoint, as many as the pool keeps per address: a burst (a start beside
@@ -81,29 +81,6 @@ def _classify(exc: BaseException) -> tuple[ErrorKind, str]:
     return ErrorKind.CONNECTION, f"connection: {text}"
 
 
-def validate_document(body: bytes, group_version: str) -> str | None:
-    """None when the body is the APIResourceList for group_version; otherwise what is wrong."""
-    return read_document(body, group_version)[0]
-
-
-def read_document(body: bytes, group_version: str) -> tuple[str | None, tuple[str, ...]]:
-    """(what is wrong, or None; the top-level resource names the document lists)."""
-    try:
-        document = boundedjson.loads(body)
-    except boundedjson.DocumentError as exc:
-        return f"InvalidDiscoveryDocument: {exc}", ()
-    if not isinstance(document, dict) or document.get("kind") != "APIResourceList":
-        kind = document.get("kind") if isinstance(document, dict) else type(document).__name__
-        return f"InvalidDiscoveryDocument: kind is {kind!r}, not 'APIResourceList'", ()
-    if document.get("groupVersion") != group_version:
-        return (f"InvalidDiscoveryDocument: groupVersion is {document.get('groupVersion')!r}, "
-                f"not {group_version!r}"), ()
-    resources = document.get("resources")
-    names = tuple(sorted({str(r["name"]) for r in resources if isinstance(r, dict) and isinstance(r.get("name"), str)
-                          and "/" not in r["name"]})) if isinstance(resources, list) else ()
-    return None, names
-
-
 def _served(response: httpx.Response) -> tuple[Certificate, ...]:
     """The server's leaf certificate, as the handshake that verified it saw it (Python 3.11's ssl
     gives the leaf only, not the intermediates)."""
@@ -112,18 +89,6 @@ def _served(response: httpx.Response) -> tuple[Certificate, ...]:
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     leaf = certs.from_der(der) if der else None
     return (leaf,) if leaf is not None else ()
-
-
-def status_message(body: bytes) -> str:
-    """A Status object's message, else the text itself; one line, bounded."""
-    text = body.decode("utf-8", errors="replace")
-    try:
-        document = boundedjson.loads(body)
-    except boundedjson.DocumentError:
-        document = None
-    if isinstance(document, dict) and isinstance(document.get("message"), str):
-        text = document["message"]
-    return " ".join(text.split())[:MAX_EXCERPT_CHARS]
 
 
 class _NoCookies(http.cookiejar.CookieJar):
