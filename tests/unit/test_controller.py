@@ -13,7 +13,7 @@ import pytest
 from apiservice_operator.check.controller import Controller, utc_now
 from apiservice_operator.check.schedule import ProbeQueue
 from apiservice_operator.core.clientview import ClientView, Freshness, InstanceView
-from apiservice_operator.core.model import Condition, ErrorKind, Obj, ProbePlan, ProbeResult, WriteFailed
+from apiservice_operator.core.model import Condition, ErrorKind, Obj, ProbePlan, ProbeResult, Target, WriteFailed
 from apiservice_operator.core.retry import CHEAP_RETRY_CAP, RetryPolicy
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.probing.pathcheck import ClusterAccess, PathChecker
@@ -751,3 +751,21 @@ async def test_a_sibling_whose_check_was_running_when_its_shared_server_went_sil
     loop.cancel()
     await asyncio.gather(loop, return_exceptions=True)
     assert recorder.last(second)["Available"] == ("False", "FailedDiscoveryCheck")
+
+
+async def test_a_silent_endpoint_that_answers_again_has_every_apiservice_behind_it_looked_at() -> None:
+    """The probe that keeps asking a silent endpoint is not waited for by any check: its answer is
+    the news that the endpoint is back, for every APIService behind it."""
+    world = World()
+    first = world.add("first.example.com", address="10.0.0.7")
+    second = world.add("second.example.com", address="10.0.0.7")
+    elsewhere = world.add("elsewhere.example.com", address="10.0.0.8")
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        return healthy(plan)
+
+    controller = Controller(Settings(), world, probe, Recorder(world).write)
+    for name in (first, second, elsewhere):
+        await controller.check(name)
+    controller.answered_again(Target("10.0.0.7", 8443))
+    assert first in controller.queue and second in controller.queue and elsewhere not in controller.queue

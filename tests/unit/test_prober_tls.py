@@ -240,7 +240,14 @@ async def test_a_server_silent_for_a_budget_is_judged_without_a_new_request_whil
         sent = prober.connections_opened()
         [also_timed_out] = await second
         server.set(mode="healthy")
-        [scout] = await prober.probe_discovery(plan(server.port))  # nothing open: asked again, and it answers
+        answered: list[Target] = []
+        prober.on_answer = answered.append
+        # nothing open: one is sent to keep asking, and the check is judged without waiting for it
+        [scout] = await prober.probe_discovery(plan(server.port))
+        for _ in range(100):
+            if answered:
+                break
+            await asyncio.sleep(0.02)
         [after] = await prober.probe_discovery(plan(server.port))
     finally:
         await prober.aclose()
@@ -248,7 +255,9 @@ async def test_a_server_silent_for_a_budget_is_judged_without_a_new_request_whil
     assert judged.error is ErrorKind.TIMEOUT and "has answered no request for 1s (1 still waiting)" in judged.detail
     assert sent == 2  # the judged probe sent nothing
     assert also_timed_out.error is ErrorKind.TIMEOUT
-    assert scout.ok and after.ok
+    assert scout.error is ErrorKind.TIMEOUT and "asked again, not waited for" in scout.detail
+    assert answered == [Target("127.0.0.1", server.port)]  # its answer is news for the APIServices behind it
+    assert after.ok
 
 
 async def test_explain_judges_no_silence(server: Server) -> None:

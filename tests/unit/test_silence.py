@@ -44,7 +44,14 @@ def test_silent_endpoint_with_no_probe_open_is_asked_again() -> None:
     silence = silent_since(0)
     silence.end(HUNG, 1, 6, answered=False)  # nothing open now
     assert silence.start(HUNG, 7) is None  # this one goes out and will say when the silence ends
+    assert "asked again, not waited for" in (silence.asked_behind(HUNG, 7) or "")  # its check is judged now
     assert silence.start(HUNG, 7.1) is not None
+
+
+def test_an_endpoint_that_is_not_silent_is_waited_for() -> None:
+    silence = Silence()
+    assert silence.start(HUNG, 0) is None
+    assert silence.asked_behind(HUNG, 0) is None
 
 
 def test_a_timeout_after_another_request_was_answered_is_not_silence() -> None:

@@ -123,6 +123,10 @@ class Controller:
         else:
             self.changed_now([name])
 
+    def answered_again(self, target: Target) -> None:
+        """A silent endpoint answered the probe that kept asking it: news for every APIService behind it."""
+        self.changed_now(self.sharing.users(target))
+
     async def backend_changed(self, name: str, uid: str | None, change: BackendChange) -> None:
         """The APIService now points elsewhere (core/backends): kept for explain, and told as an Event
         by the replica that leads (a standby sees the same change)."""

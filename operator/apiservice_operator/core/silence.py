@@ -4,7 +4,8 @@ Many APIServices often share one server. When it hangs, each of their probes wou
 own budget, one batch of --concurrency after another (make bench: 1,000 APIServices behind one
 hung server, 329 of them flipped within 60 s). An endpoint that has answered none of the requests
 sent to it during a whole budget, while one is still open, is judged at once for the next: the
-open one keeps asking for all of them, and the first answer of any kind ends the silence.
+open one keeps asking for all of them, and the first answer of any kind ends the silence. Where
+none is open, the next is sent and keeps asking, but its check is judged at once too.
 
 Pure bookkeeping: the prober tells it when a probe starts and how it ended; times are the
 caller's clock.
@@ -52,6 +53,16 @@ class Silence:
             seen.silent_since = started
         if seen.open == 0 and seen.silent_since is None:
             del self._seen[target]  # only silent endpoints and those with open probes are kept
+
+    def asked_behind(self, target: Target, now: float) -> str | None:
+        """After start() said send: where the endpoint is silent (no probe was open to it), that probe
+        keeps asking for all of them, and the check that sent it is judged now, as the others are,
+        rather than wait out its budget (a mass hang's last flip waited 5 s for it). None: wait."""
+        seen = self._seen.get(target)
+        if seen is None or seen.silent_since is None:
+            return None
+        return (f"timeout: {target.endpoint} has answered no request for {now - seen.silent_since:.0f}s; "
+                "asked again, not waited for")
 
     def silent(self, target: Target) -> bool:
         seen = self._seen.get(target)

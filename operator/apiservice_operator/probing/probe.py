@@ -121,6 +121,8 @@ class Prober:
         self._clients: OrderedDict[tuple[bytes | None, bool, str], httpx.AsyncClient] = OrderedDict()
         self._pools: dict[tuple[bytes | None, bool, str], pool.ConnectionPool] = {}
         self.silence = Silence()
+        self.on_answer: Callable[[Target], None] | None = None  # a silent endpoint answered again
+        self._asking: set[asyncio.Task[None]] = set()  # probes that ask silent endpoints, not waited for
         self._lanes: dict[Target, _Lane] = {}
         self.lag = LoopLag()
 
@@ -148,6 +150,9 @@ class Prober:
         return client
 
     async def aclose(self) -> None:
+        for task in list(self._asking):
+            task.cancel()
+        await asyncio.gather(*self._asking, return_exceptions=True)
         await self.lag.aclose()
         clients, self._clients, self._pools = list(self._clients.values()), OrderedDict(), {}
         await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
@@ -182,6 +187,10 @@ class Prober:
                 judged = self.silence.start(target, started)
                 if judged is not None:
                     return ProbeResult(target, False, 0.0, ErrorKind.TIMEOUT, judged)
+                behind = self.silence.asked_behind(target, started)
+                if behind is not None:
+                    self._keep_asking(client, plan, target, started)
+                    return ProbeResult(target, False, 0.0, ErrorKind.TIMEOUT, behind)
                 answered: bool | None = None
                 try:
                     result = await self._probe_one(client, plan, target)
@@ -193,6 +202,23 @@ class Prober:
             slot.users -= 1
             if not slot.users:
                 del self._lanes[target]
+
+    def _keep_asking(self, client: httpx.AsyncClient, plan: ProbePlan, target: Target, started: float) -> None:
+        """The probe that asks a silent endpoint for every check behind it, not waited for: its first
+        answer of any kind ends the silence, and on_answer has the APIServices behind it looked at."""
+        async def ask() -> None:
+            answered: bool | None = None
+            try:
+                result = await self._probe_one(client, plan, target)
+                answered = result.error is not ErrorKind.TIMEOUT
+            finally:
+                self.silence.end(target, started, asyncio.get_running_loop().time(), answered)
+            if answered and self.on_answer is not None:
+                self.on_answer(target)
+
+        task = asyncio.get_running_loop().create_task(ask(), name=f"asking:{target.endpoint}")
+        self._asking.add(task)
+        task.add_done_callback(self._asking.discard)
 
     @staticmethod
     async def _excerpt(response: httpx.Response) -> str:

@@ -156,6 +156,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                             path=checker, clients=clients, consumers=AutoscalerReader(credentials).stalled,
                             license=elector.license if elector is not None else _unbounded,
                             token_problem=prober_id.token_problem if prober_id is not None else _nothing)
+    prober.on_answer = controller.answered_again
     health.problems = controller.problems
     # the Services, EndpointSlices and Terminating Namespaces the APIServices reference, and no others
     referenced = Referenced(credentials, inputs.apiservices_of, path_probe=checker is not None)
