@@ -184,13 +184,14 @@ class Prober:
             async with slot.slots:
                 now = asyncio.get_running_loop().time
                 started = now()
+                # judged without waiting, in the words of a timeout waited for: a verdict whose message
+                # changed from one check to the next would be a status write at each (silence.py)
                 judged = self.silence.start(target, started)
                 if judged is not None:
-                    return ProbeResult(target, False, 0.0, ErrorKind.TIMEOUT, judged)
-                behind = self.silence.asked_behind(target, started)
-                if behind is not None:
+                    return ProbeResult(target, False, 0.0, ErrorKind.TIMEOUT, self._timed_out())
+                if self.silence.asked_behind(target, started) is not None:
                     self._keep_asking(client, plan, target, started)
-                    return ProbeResult(target, False, 0.0, ErrorKind.TIMEOUT, behind)
+                    return ProbeResult(target, False, 0.0, ErrorKind.TIMEOUT, self._timed_out())
                 answered: bool | None = None
                 try:
                     result = await self._probe_one(client, plan, target)
@@ -202,6 +203,9 @@ class Prober:
             slot.users -= 1
             if not slot.users:
                 del self._lanes[target]
+
+    def _timed_out(self) -> str:
+        return f"timeout: no complete answer within {self.budget:g}s"
 
     def _keep_asking(self, client: httpx.AsyncClient, plan: ProbePlan, target: Target, started: float) -> None:
         """The probe that asks a silent endpoint for every check behind it, not waited for: its first
@@ -290,7 +294,7 @@ class Prober:
                 return result(ErrorKind.INVALID_DOCUMENT, problem, code)
             return replace(result(None, "", code), resources=names)
         except TimeoutError:
-            return result(ErrorKind.TIMEOUT, f"timeout: no complete answer within {self.budget:g}s")
+            return result(ErrorKind.TIMEOUT, self._timed_out())
         except httpx.HTTPError as exc:
             kind, detail = _classify(exc)
             return result(kind, detail)
