@@ -159,8 +159,13 @@ def metrics_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         # the user: a ServiceAccount outside system:masters that may read nodes, pods and their metrics
         kubectl(cluster, "create", "namespace", namespace)
         kubectl(cluster, "create", "serviceaccount", "oncall", "-n", namespace)
-        kubectl(cluster, "create", "clusterrole", role, "--verb=get,list",
-                "--resource=nodes,pods,nodes.metrics.k8s.io,pods.metrics.k8s.io")
+        # written as rules, not `kubectl create clusterrole --resource=...`: kubectl resolves those names
+        # through discovery, and metrics.k8s.io is not in discovery until kube-apiserver reaches the
+        # new Pod (a race CI lost); the wait below is where that is waited for
+        kube.create("/apis/rbac.authorization.k8s.io/v1/clusterroles", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
+            "rules": [{"apiGroups": ["", "metrics.k8s.io"], "resources": ["nodes", "pods"],
+                       "verbs": ["get", "list"]}]})
         kubectl(cluster, "create", "clusterrolebinding", role, f"--clusterrole={role}",
                 f"--serviceaccount={namespace}:oncall")
         user = user_kubeconfig(cluster, namespace, "oncall", work / "oncall.kubeconfig")
