@@ -213,7 +213,8 @@ def render_explain(report: dict[str, Any]) -> str:
     if report.get("instancesVia"):
         lines.append(f"Through kube-apiserver ({report['instancesVia']}), as users do:")
         for i in report["instances"]:
-            lines.append(f"  {i['instance']}  {i['outcome']}  {_seconds(i['seconds'])}  {i['detail']}")
+            mark = " (its last own answer: this request met kube-apiserver's 503 gate)" if i.get("remembered") else ""
+            lines.append(f"  {i['instance']}  {i['outcome']}{mark}  {_seconds(i['seconds'])}  {i['detail']}")
         if not report["instances"]:
             lines.append("  no kube-apiserver instance known")
     if report.get("clientsView"):

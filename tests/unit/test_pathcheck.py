@@ -225,3 +225,27 @@ async def test_path_probes_waiting_together_share_one_livez() -> None:
     results = await asyncio.gather(*checks, late())
     assert [round(t, 1) for p, t in asked if p == "/livez"] == [1.0, 2.5]
     assert {r.outcome for found, _ in results for r in found} == {PathOutcome.NO_ROUTE}
+
+
+async def test_recall_reads_fresh_answers_as_settle_would_and_keeps_nothing() -> None:
+    """explain: the verdict it shows is the one the controller's next check reaches, remembered
+    answers included, and asking it changes nothing the controller keeps."""
+    answers: list[ProbeResult] = []
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        if plan.path == "/livez":  # the instances themselves are alive
+            return [ProbeResult(t, False, 0.01, None, "ok", 200) for t in plan.targets]
+        return [dataclasses.replace(answers[0], target=t) for t in plan.targets]
+
+    path = PathChecker("instances", ACCESS, Slices(), probe, None, Clock())
+    back = [ProbeResult(EP, True, 0.01)]
+    answers[:] = [ProbeResult(Target("x", 1), False, 5.0, ErrorKind.TIMEOUT, "timeout")]
+    fresh, _ = await path.check("demo", PLAN, None, interval=0.0)
+    path.settle("demo", fresh, back)
+    kept = dict(path._memory)
+    answers[:] = [ProbeResult(Target("x", 1), False, 0.01, ErrorKind.HTTP_STATUS, "bad status: 503", 503,
+                              "service unavailable")]
+    gated = await path.ask(PLAN)
+    assert {r.outcome for r in gated} == {PathOutcome.GATED}
+    assert {(r.outcome, r.remembered) for r in path.recall("demo", gated)} == {(PathOutcome.UNREACHABLE, True)}
+    assert path._memory == kept

@@ -20,7 +20,9 @@ from apiservice_operator.core.model import (
     Target,
 )
 from apiservice_operator.core.path import (
+    GATE_HELD_SECONDS,
     PathEvidence,
+    PathMemory,
     PathOutcome,
     PathResult,
     classify,
@@ -185,7 +187,7 @@ ROWS = [
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 def test_user_path_decides_the_verdict(row: Row) -> None:
     fresh = [classify(r) for r in row.through]
-    results, _ = remember({t: (r, 0.0) for t, r in row.memory.items()}, fresh, now=1.0)
+    results, _ = remember(PathMemory({t: (r, 0.0) for t, r in row.memory.items()}), fresh, now=1.0)
     evidence = PathEvidence(via="instances", results=results, identity="apiservice-operator/probe",
                             identity_allowed=row.identity_allowed, kube_status=row.kube[0], kube_message=row.kube[1])
     previous = ([Condition(TYPES.available, Status.FALSE, row.previous_reason, "", NOW)]
@@ -202,7 +204,7 @@ def test_user_path_decides_the_verdict(row: Row) -> None:
 def test_one_cut_instance_keeps_the_same_verdict_while_kube_apiserver_flips() -> None:
     """kube-apiserver's two instances overwrite its shared condition (kubernetes/kubernetes#111890):
     our conditions must not move as it does."""
-    memory: dict[Target, tuple[PathResult, float]] = {}
+    memory = PathMemory()
     seen = set()
     rounds = [[timeout(I1), ok(I2)], [answer(I1, 503, GATED), answer(I2, 503, GATED)]] * 5
     for now, through in enumerate(rounds):
@@ -235,22 +237,89 @@ def test_classify_reads_who_answered(result: ProbeResult, outcome: PathOutcome) 
 
 def test_remember_replaces_a_gated_answer_with_the_instances_last_own_answer() -> None:
     last = PathResult(I1, PathOutcome.UNREACHABLE, "timeout")
-    merged, memory = remember({I1: (last, 10.0)}, [classify(answer(I1, 503, GATED))], now=20.0)
+    merged, memory = remember(PathMemory({I1: (last, 10.0)}), [classify(answer(I1, 503, GATED))], now=20.0)
     assert merged[0].outcome is PathOutcome.UNREACHABLE and merged[0].remembered and merged[0].gated_now
-    assert memory[I1] == (last, 10.0)  # a gated answer is no new evidence
+    assert memory.answers[I1] == (last, 10.0)  # a gated answer is no new evidence
 
 
 def test_remember_forgets_what_is_too_old() -> None:
     last = PathResult(I1, PathOutcome.PASSED, "ok")
-    merged, memory = remember({I1: (last, 0.0)}, [classify(answer(I1, 503, GATED))], now=121.0)
-    assert merged[0].outcome is PathOutcome.GATED and not memory
+    merged, memory = remember(PathMemory({I1: (last, 0.0)}), [classify(answer(I1, 503, GATED))], now=121.0)
+    assert merged[0].outcome is PathOutcome.GATED and not memory.answers
 
 
 def test_remember_keeps_no_route_out_and_drops_instances_that_left() -> None:
     passed = PathResult(I1, PathOutcome.PASSED, "ok")
-    merged, memory = remember({I1: (passed, 0.0), I2: (passed, 0.0)}, [classify(refused(I1))], now=1.0)
+    merged, memory = remember(PathMemory({I1: (passed, 0.0), I2: (passed, 0.0)}), [classify(refused(I1))], now=1.0)
     assert merged[0].outcome is PathOutcome.NO_ROUTE
-    assert set(memory) == {I1} and memory[I1] == (passed, 0.0)
+    assert set(memory.answers) == {I1} and memory.answers[I1] == (passed, 0.0)
+
+
+def _rounds(rounds: list[tuple[float, list[ProbeResult]]],
+            memory: PathMemory | None = None) -> tuple[list[tuple[PathResult, ...]], PathMemory]:
+    memory = memory or PathMemory({I1: (PathResult(I1, PathOutcome.PASSED, "ok"), 0.0),
+                                   I2: (PathResult(I2, PathOutcome.PASSED, "ok"), 0.0)})
+    seen = []
+    for now, through in rounds:
+        merged, memory = remember(memory, [classify(r) for r in through], now=now)
+        seen.append(merged)
+    return seen, memory
+
+
+def test_a_gate_held_on_one_instance_while_another_forwards_is_that_instances_failure() -> None:
+    """One of two instances cut from the server: its proxy kept answering 503 while the other's
+    passed (its registration worker waited on the server's OpenAPI document), and its last pass,
+    remembered, said 2/2 for two minutes while its users got 503."""
+    held = [ok(I1), answer(I2, 503, GATED)]
+    seen, memory = _rounds([(float(t), held) for t in range(1, 4 + int(GATE_HELD_SECONDS), 2)])
+    first, last = seen[0][1], seen[-1][1]
+    assert (first.outcome, first.remembered) == (PathOutcome.PASSED, True)  # a flip, as far as one check tells
+    assert (last.outcome, last.remembered, last.gated_now) == (PathOutcome.UNREACHABLE, False, True)
+    assert "503 service unavailable to every request for 16s while 10.250.0.2:6443 forwarded them" in last.detail
+    evidence = PathEvidence(via="instances", results=seen[-1], kube_status=Status.TRUE)
+    available, degraded = decide(Resolution(plan=PLAN), [ok(EP)], [], NOW, TYPES, BUDGET, evidence)
+    assert (available.status, available.reason) == (Status.TRUE, "Passed")
+    assert "through 1/2 kube-apiserver instances" in available.message
+    assert (degraded.status, degraded.reason) == (Status.TRUE, "InstanceUnreachable")
+    assert "10.250.0.3:6443: 503 service unavailable" in degraded.message
+    # its own answer ends the hold: a later gate is a flip again, bridged by that answer
+    seen, memory = _rounds([(20.0, [ok(I1), ok(I2)]), (21.0, held)], memory)
+    assert (seen[-1][1].outcome, seen[-1][1].remembered) == (PathOutcome.PASSED, True)
+    assert memory.held[I2].since == 21.0 and memory.held[I2].checks == 1
+
+
+def test_a_gate_on_every_instance_is_the_shared_condition_and_never_held() -> None:
+    both = [answer(I1, 503, GATED), answer(I2, 503, GATED)]
+    seen, memory = _rounds([(float(t), both) for t in range(1, 60, 2)])
+    assert all(r.remembered and r.outcome is PathOutcome.PASSED for r in seen[-1])
+    assert not memory.held
+
+
+def test_one_check_or_a_short_hold_is_a_flip_bridged_by_memory() -> None:
+    gated_two = [ok(I1), answer(I2, 503, GATED)]
+    # two checks, but closer together than the hold: remembered
+    seen, _ = _rounds([(1.0, gated_two), (1.0 + GATE_HELD_SECONDS - 1, gated_two)])
+    assert seen[-1][1].remembered
+    # a single check long after the last own answer: remembered (a flip as far as it tells)
+    seen, _ = _rounds([(100.0, gated_two)])
+    assert seen[-1][1].remembered
+
+
+def test_a_pause_longer_than_the_hold_starts_it_again() -> None:
+    gated_two = [ok(I1), answer(I2, 503, GATED)]
+    both = [answer(I1, 503, GATED), answer(I2, 503, GATED)]
+    rounds = [(1.0, gated_two), (2.0, both), (1.0 + GATE_HELD_SECONDS + 5, gated_two)]
+    seen, memory = _rounds(rounds)
+    assert seen[-1][1].remembered  # the first disagreement was 20 s ago, with none since
+    assert memory.held[I2].since == rounds[-1][0]
+
+
+def test_a_404_not_yet_routed_is_never_held() -> None:
+    """kube-apiserver's mux routes a new group/version 10-25 s after Available with 1,000 new
+    APIServices, per instance: users wait on it everywhere, not on one instance's proxy."""
+    not_routed = [ok(I1), answer(I2, 404, "404 page not found\n")]
+    seen, memory = _rounds([(float(t), not_routed) for t in range(1, 60, 2)])
+    assert seen[-1][1].remembered and not memory.held
 
 
 def _slice(endpoints: list[dict[str, object]], port_name: str = "https", port: int = 6443) -> dict[str, object]:

@@ -170,7 +170,7 @@ class Pipeline:
         evidence = Evidence()
         if plan is not None:
             try:
-                evidence = await (self._traced(plan) if traced else self._live(name, plan, interval))
+                evidence = await (self._traced(name, plan) if traced else self._live(name, plan, interval))
                 fresher = self.inputs.apiservice(name)  # fresher previous conditions after the wait
                 if fresher is None:
                     return None
@@ -282,7 +282,7 @@ class Pipeline:
         through = checker.settle(name, asked, probes) if fresh else asked
         return Evidence(measured, probes, asked if fresh else None, through, via_path=True)
 
-    async def _traced(self, plan: ProbePlan) -> Evidence:
+    async def _traced(self, name: str, plan: ProbePlan) -> Evidence:
         budget = self.settings.probe_timeout
         probe = self.probe_every or self.probe
         inspect = self.inspect
@@ -296,7 +296,8 @@ class Pipeline:
         async def ask() -> list[PathResult]:
             return await self.path.ask(plan) if self.path is not None else []
 
-        measured, handshakes, through = await asyncio.gather(probe(plan), look(), ask())
-        return Evidence(measured, list(measured), tuple(through), tuple(through), None, tuple(handshakes),
+        measured, handshakes, asked = await asyncio.gather(probe(plan), look(), ask())
+        through = self.path.recall(name, asked) if self.path is not None else ()
+        return Evidence(measured, list(measured), tuple(asked), through, None, tuple(handshakes),
                         via_path=self.path is not None)
 

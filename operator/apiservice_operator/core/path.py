@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from apiservice_operator.core.model import ErrorKind, Obj, ProbePlan, ProbeResult, Status, Target
 
@@ -26,11 +26,19 @@ from apiservice_operator.core.model import ErrorKind, Obj, ProbePlan, ProbeResul
 KUBERNETES_SERVICE = ("default", "kubernetes")
 KUBERNETES_SERVER_NAME = "kubernetes.default.svc"
 GATED_BODY = "service unavailable"
+GATED_DETAIL = "503 service unavailable (kube-apiserver's own Available is not True)"
 NOT_ROUTED_BODY = "404 page not found"
 # how long an instance's own last answer stands in for it while kube-apiserver's shared condition
 # gates every request: long enough to bridge the flips of kubernetes/kubernetes#111890 (instances
 # overwrite each other every few seconds), short enough that a stale pass cannot hide an outage
 MEMORY_SECONDS = 120.0
+# The gate on one instance while another forwards the same request in its own right is not the shared
+# condition (the instances take in each other's writes within milliseconds): it is that instance's own
+# proxy, which has not taken in a passing verdict. Held this long, over two checks or more, it is what
+# that instance's users get, and the memory no longer stands in for it. Seen on two instances with one
+# cut from the server: its registration worker waited on the server's OpenAPI document (up to 60 s,
+# aggregator.go) and its proxy answered 503 throughout, while the other instance's passed.
+GATE_HELD_SECONDS = 15.0
 # `auto` outside the cluster, while the instances do not answer from where the operator runs: how
 # often they are tried again, so a network that heals is picked up (the kubeconfig's server meanwhile)
 AUTO_RETRY_SECONDS = 180.0
@@ -195,7 +203,7 @@ def classify(result: ProbeResult) -> PathResult:
         return out(PathOutcome.GATED, "404 page not found (kube-apiserver does not route this group/version yet)")
     if code == 503:
         if result.body.strip().lower() == GATED_BODY:
-            return out(PathOutcome.GATED, "503 service unavailable (kube-apiserver's own Available is not True)")
+            return out(PathOutcome.GATED, GATED_DETAIL)
         return out(PathOutcome.UNREACHABLE, f"503{words}")
     if code in (401, 403):
         return out(PathOutcome.REFUSED, f"{code}{words}")
@@ -211,23 +219,58 @@ def classify(result: ProbeResult) -> PathResult:
     return out(PathOutcome.NO_ROUTE, result.detail)
 
 
-Memory = Mapping[Target, tuple[PathResult, float]]
+@dataclass(frozen=True)
+class Held:
+    """One instance gated while another forwarded: since when, when last seen, over how many checks."""
+
+    since: float
+    last: float
+    checks: int
 
 
-def remember(memory: Memory, fresh: Sequence[PathResult], now: float,
-             keep: float = MEMORY_SECONDS) -> tuple[tuple[PathResult, ...], dict[Target, tuple[PathResult, float]]]:
-    """A gated answer is replaced by that instance's own last answer, if it has one young enough.
-    Returns (the results to decide on, the memory to keep). `now` is monotonic seconds."""
-    kept = {t: (r, at) for t, (r, at) in memory.items() if now - at <= keep}
+@dataclass(frozen=True)
+class PathMemory:
+    """What the path probe keeps per APIService between checks: each instance's last own answer (with
+    when, monotonic seconds), and each instance whose gate is held while another forwards."""
+
+    answers: Mapping[Target, tuple[PathResult, float]] = field(default_factory=dict)
+    held: Mapping[Target, Held] = field(default_factory=dict)
+
+
+def remember(memory: PathMemory, fresh: Sequence[PathResult], now: float, keep: float = MEMORY_SECONDS,
+             held_for: float = GATE_HELD_SECONDS) -> tuple[tuple[PathResult, ...], PathMemory]:
+    """A gated answer is replaced by that instance's own last answer, if it has one young enough,
+    unless the gate is that instance's own (held for `held_for` seconds while another instance
+    forwards): then it is what its users get, a failure. Returns (the results to decide on, the
+    memory to keep). `now` is monotonic seconds."""
+    kept = {t: (r, at) for t, (r, at) in memory.answers.items() if now - at <= keep}
+    held = dict(memory.held)
+    forwarding = [r.instance for r in fresh if r.outcome is PathOutcome.PASSED]
     merged: list[PathResult] = []
     for result in fresh:
         if result.outcome is PathOutcome.GATED:
+            others = [t.endpoint for t in forwarding if t != result.instance]
+            if others and result.detail == GATED_DETAIL:
+                was = held.get(result.instance)
+                # checks in which every instance is gated neither extend nor end a hold; a pause
+                # longer than the hold itself starts a new one
+                now_held = (Held(now, now, 1) if was is None or now - was.last > held_for
+                            else Held(was.since, now, was.checks + 1))
+                held[result.instance] = now_held
+                if now_held.checks >= 2 and now - now_held.since >= held_for:
+                    merged.append(replace(result, outcome=PathOutcome.UNREACHABLE, detail=(
+                        f"503 service unavailable to every request for {now - now_held.since:.0f}s while "
+                        f"{', '.join(others)} forwarded them: this instance's proxy holds the APIService "
+                        "unavailable (its own check fails, or it has not taken in the passing verdict)")))
+                    continue
             prior = kept.get(result.instance)
             if prior is not None:
                 merged.append(replace(prior[0], gated_now=True, remembered=True, latency=result.latency))
                 continue
         elif result.outcome is not PathOutcome.NO_ROUTE:
             kept[result.instance] = (result, now)
+            held.pop(result.instance, None)
         merged.append(result)
     live = {r.instance for r in fresh}
-    return tuple(merged), {t: v for t, v in kept.items() if t in live}
+    return tuple(merged), PathMemory({t: v for t, v in kept.items() if t in live},
+                                     {t: h for t, h in held.items() if t in live})

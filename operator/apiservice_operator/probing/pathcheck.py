@@ -18,8 +18,8 @@ from apiservice_operator.core.path import (
     KUBERNETES_SERVER_NAME,
     KUBERNETES_SERVICE,
     AutoChoice,
-    Memory,
     PathEvidence,
+    PathMemory,
     PathOutcome,
     PathProbeMode,
     PathResult,
@@ -89,7 +89,7 @@ class PathChecker:
     pick: Sequence[str] = ()
     live_within: float = 2.5  # seconds: a live kube-apiserver answers /livez in milliseconds
     livez_after: float = 1.0  # seconds a path probe waits before /livez is asked beside it
-    _memory: dict[str, Memory] = field(default_factory=dict)
+    _memory: dict[str, PathMemory] = field(default_factory=dict)
     _recent: dict[str, _Recent] = field(default_factory=dict)
     # One /livez of the instances at a time, shared by every path probe that was already waiting when
     # it was sent: a burst of path probes that wait (a start beside 1,000 APIServices, a mass hang
@@ -181,9 +181,15 @@ class PathChecker:
         recent = self._recent.get(name)
         if any(p.ok for p in direct) and recent is not None and not any(ok for _, ok in recent.direct):
             self._memory.pop(name, None)
-        merged, self._memory[name] = remember(self._memory.get(name, {}), fresh, now)
+        merged, self._memory[name] = remember(self._memory.get(name, PathMemory()), fresh, now)
         self._recent[name] = _Recent(merged, now, _signature(direct), self.route(),
                                      any(r.outcome is PathOutcome.GATED for r in fresh))
+        return merged
+
+    def recall(self, name: str, fresh: Sequence[PathResult]) -> tuple[PathResult, ...]:
+        """Fresh answers read as settle() would read them, nothing kept: explain says what the
+        controller's next check would decide, remembered answers and held gates included."""
+        merged, _ = remember(self._memory.get(name, PathMemory()), fresh, self.clock())
         return merged
 
     async def ask(self, plan: ProbePlan) -> list[PathResult]:

@@ -119,7 +119,8 @@ async def explain(name: str, pipeline: Pipeline, last_change: BackendChange | No
         report["endpoints"] = [_endpoint(result, handshakes.get(result.target, none), plan)
                                for result in sorted(evidence.probes, key=lambda p: p.target.endpoint)]
         report["instances"] = [{"instance": r.instance.endpoint, "outcome": str(r.outcome), "detail": r.detail,
-                                "seconds": round(r.latency, 4)} for r in evidence.through]
+                                "seconds": round(r.latency, 4), "gated": r.gated_now, "remembered": r.remembered}
+                               for r in evidence.through]
         report["instancesVia"] = evidence.path.via if evidence.path else "off (--path-probe=off)"
         # what clients read: the group/version in each instance's aggregated discovery and /openapi/v3,
         # and the server's own answers to the documents kube-apiserver builds those from
