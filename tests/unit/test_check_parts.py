@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from apiservice_operator.check.cadence import Cadence
-from apiservice_operator.check.memory import Sweep, Written
+from apiservice_operator.check.memory import BeforeWaiting, Sweep, Written
 from apiservice_operator.check.pacing import Pacing
 from apiservice_operator.check.sharing import EndpointSharing
 from apiservice_operator.check.writegate import WriteGate
@@ -30,6 +30,7 @@ from apiservice_operator.core.retry import (
     retry_base,
 )
 from apiservice_operator.core.settings import Settings
+from apiservice_operator.core.transitions import event_for_transition
 
 A, B = Target("10.0.0.1", 8443), Target("10.0.0.2", 8443)
 
@@ -218,6 +219,48 @@ def test_what_we_wrote_counts_until_the_watch_brings_a_newer_object() -> None:
     assert written.previous("b", obj("7")) is None
     written.forget("a")
     assert written.previous("a", obj("7")) is None
+
+
+def _verdict(status: Status, reason: str, degraded: Status = Status.FALSE) -> list[Condition]:
+    return [Condition("apiservice-operator.io/Available", status, reason, reason, "t"),
+            Condition("apiservice-operator.io/Degraded", degraded, "d", "d", "t")]
+
+
+def _told(waits: BeforeWaiting, steps: list[list[Condition]]) -> list[str | None]:
+    """The Events a run of verdicts makes, each change told as the controller tells it."""
+    told: list[str | None] = []
+    before: dict[str, Condition] = {}
+    for new in steps:
+        event = event_for_transition(waits.against("a", before, new), new[0], new[1])
+        told.append(event.reason if event else None)
+        before = {c.type: c for c in new}
+    return told
+
+
+def test_a_recovery_through_a_wait_for_kube_apiserver_is_told_as_recovered() -> None:
+    """The operations suite's flapping server, once in a full run: repaired, kube-apiserver still
+    answered 503 until its own check passed (False/AwaitingKubeAPIServer), and the Passed after it
+    counted as a first verdict: no Recovered."""
+    ok, failed = _verdict(Status.TRUE, "Passed"), _verdict(Status.FALSE, "FailedDiscoveryCheck")
+    waiting = _verdict(Status.FALSE, "AwaitingKubeAPIServer")
+    # its proxy passes, its aggregated discovery not yet Current: a second wait, Unknown
+    catching_up = _verdict(Status.UNKNOWN, "AwaitingKubeAPIServer")
+    assert _told(BeforeWaiting(), [ok, failed, waiting, catching_up, ok]) == [
+        None, "FailedDiscoveryCheck", None, None, "Recovered"]
+    assert _told(BeforeWaiting(), [ok, failed, waiting, ok]) == [None, "FailedDiscoveryCheck", None, "Recovered"]
+    # still failing after the wait: nothing moved, nothing to tell again
+    assert _told(BeforeWaiting(), [ok, failed, waiting, failed]) == [None, "FailedDiscoveryCheck", None, None]
+    # a new APIService: its first verdict after a wait is its first
+    assert _told(BeforeWaiting(), [_verdict(Status.UNKNOWN, "AwaitingKubeAPIServer"), ok]) == [None, None]
+
+
+def test_a_wait_in_the_status_at_start_is_no_verdict() -> None:
+    """After a restart the memory is empty: what follows a wait read from the status is the first."""
+    waits = BeforeWaiting()
+    before = {c.type: c for c in _verdict(Status.UNKNOWN, "AwaitingKubeAPIServer")}
+    ok = _verdict(Status.TRUE, "Passed")
+    assert waits.against("a", before, ok) is before
+    assert event_for_transition(before, ok[0], ok[1]) is None
 
 
 def test_a_sweep_ends_when_every_apiservice_was_checked_once() -> None:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from apiservice_operator.check.cadence import Cadence
-from apiservice_operator.check.memory import Sweep, Written
+from apiservice_operator.check.memory import BeforeWaiting, Sweep, Written
 from apiservice_operator.check.metrics import Metrics
 from apiservice_operator.check.pipeline import ClientsReader, Consumers, Inputs, Outcome, Pipeline, ProbeFn
 from apiservice_operator.check.schedule import ProbeQueue
@@ -103,6 +103,7 @@ class Controller:
         self.cadence = Cadence(self.settings)
         self.sharing = EndpointSharing()
         self.written = Written()
+        self.before_waiting = BeforeWaiting()
         self.sweep = Sweep()
         self.gate = WriteGate(self.settings.max_write_rate, self.settings.max_write_burst,
                               license=lambda: self.license())
@@ -142,6 +143,7 @@ class Controller:
     def forget(self, name: str) -> None:
         self.queue.forget(name)
         self.written.forget(name)
+        self.before_waiting.forget(name)
         self.retry.forget(name)
         self._cheap.discard(name)
         self.backend_changes.pop(name, None)
@@ -311,7 +313,7 @@ class Controller:
                     name, cond.type, cond.status, cond.reason,
                     f"{prior.status}/{prior.reason}" if prior else "none", cond.message)
 
-        event = event_for_transition(before, new[0], new[1])
+        event = event_for_transition(self.before_waiting.against(name, before, new), new[0], new[1])
         if event is not None and self.record_event is not None:
             uid = (outcome.apiservice.get("metadata") or {}).get("uid")
             await self.record_event(name, uid, event)

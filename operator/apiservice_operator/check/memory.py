@@ -1,11 +1,12 @@
-"""The controller's short memories: what it wrote last (until the watch brings it back), and how
-far the current sweep over every APIService has got."""
+"""The controller's short memories: what it wrote last (until the watch brings it back), the verdict
+that stood before a wait for kube-apiserver, and how far the current sweep over every APIService has got."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from apiservice_operator.core.decide import AWAITING
 from apiservice_operator.core.model import Condition, Obj
 
 
@@ -28,6 +29,32 @@ class Written:
 
     def forget(self, name: str) -> None:
         self._last.pop(name, None)
+
+
+@dataclass
+class BeforeWaiting:
+    """Our verdict before an AwaitingKubeAPIServer. The wait lasts a check or a few (a repaired
+    server until kube-apiserver's own check passes again), and the verdict after it is news against
+    what stood before it: FailedDiscoveryCheck, a wait, then Passed is a recovery (its Event was lost
+    when the wait counted as no verdict at all). Memory only: after a restart a wait in the status
+    is no verdict, and what follows it is the first."""
+
+    _kept: dict[str, dict[str, Condition]] = field(default_factory=dict)
+
+    def against(self, name: str, before: dict[str, Condition], new: Sequence[Condition]) -> dict[str, Condition]:
+        """What the change to `new` (Available first) is told against: `before`, or, where `before`
+        is a wait, the verdict that stood before it."""
+        prior = before.get(new[0].type)
+        waiting = prior is not None and prior.reason == AWAITING
+        if new[0].reason == AWAITING:
+            if not waiting:
+                self._kept[name] = dict(before)
+            return before
+        kept = self._kept.pop(name, None)
+        return kept if waiting and kept is not None else before
+
+    def forget(self, name: str) -> None:
+        self._kept.pop(name, None)
 
 
 def _resource_version(obj: Obj) -> str:
