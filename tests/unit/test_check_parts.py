@@ -254,12 +254,27 @@ def test_a_recovery_through_a_wait_for_kube_apiserver_is_told_as_recovered() -> 
     assert _told(BeforeWaiting(), [_verdict(Status.UNKNOWN, "AwaitingKubeAPIServer"), ok]) == [None, None]
 
 
+def test_a_wait_on_degraded_alone_is_no_news_either_way() -> None:
+    """One instance's aggregated discovery catching up (Degraded Unknown/Awaiting) made a Recovered,
+    and the Degraded after it the same Warning again."""
+    stale = _verdict(Status.TRUE, "Passed", Status.TRUE)
+    catching_up = [stale[0], Condition(stale[1].type, Status.UNKNOWN, "AwaitingKubeAPIServer", "w", "t")]
+    ok = _verdict(Status.TRUE, "Passed")
+    assert _told(BeforeWaiting(), [ok, stale, catching_up, stale, catching_up, ok]) == [
+        None, "d", None, None, None, "Recovered"]
+    # Available moving is told at once, whatever Degraded waits on
+    failed = _verdict(Status.FALSE, "FailedDiscoveryCheck")
+    recovered_waiting = [ok[0], catching_up[1]]
+    assert _told(BeforeWaiting(), [ok, failed, recovered_waiting, ok]) == [
+        None, "FailedDiscoveryCheck", "Recovered", None]
+
+
 def test_a_wait_in_the_status_at_start_is_no_verdict() -> None:
     """After a restart the memory is empty: what follows a wait read from the status is the first."""
     waits = BeforeWaiting()
     before = {c.type: c for c in _verdict(Status.UNKNOWN, "AwaitingKubeAPIServer")}
     ok = _verdict(Status.TRUE, "Passed")
-    assert waits.against("a", before, ok) is before
+    assert waits.against("a", before, ok) == before
     assert event_for_transition(before, ok[0], ok[1]) is None
 
 

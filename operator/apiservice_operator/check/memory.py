@@ -33,25 +33,21 @@ class Written:
 
 @dataclass
 class BeforeWaiting:
-    """Our verdict before an AwaitingKubeAPIServer. The wait lasts a check or a few (a repaired
-    server until kube-apiserver's own check passes again), and the verdict after it is news against
-    what stood before it: FailedDiscoveryCheck, a wait, then Passed is a recovery (its Event was lost
-    when the wait counted as no verdict at all). Memory only: after a restart a wait in the status
-    is no verdict, and what follows it is the first."""
+    """Per condition, our last one that was not AwaitingKubeAPIServer. A wait lasts a check or a few
+    (a repaired server until kube-apiserver's own check passes again, its discovery catching up), and
+    what follows it is news against what stood before it: FailedDiscoveryCheck, a wait, then Passed
+    is a recovery (its Event was lost when the wait counted as no verdict at all). Memory only: after
+    a restart a wait in the status is no verdict, and what follows it is the first."""
 
     _kept: dict[str, dict[str, Condition]] = field(default_factory=dict)
 
     def against(self, name: str, before: dict[str, Condition], new: Sequence[Condition]) -> dict[str, Condition]:
-        """What the change to `new` (Available first) is told against: `before`, or, where `before`
-        is a wait, the verdict that stood before it."""
-        prior = before.get(new[0].type)
-        waiting = prior is not None and prior.reason == AWAITING
-        if new[0].reason == AWAITING:
-            if not waiting:
-                self._kept[name] = dict(before)
-            return before
-        kept = self._kept.pop(name, None)
-        return kept if waiting and kept is not None else before
+        """What the change to `new` is told against: `before`, each wait in it replaced by what
+        stood before that wait."""
+        kept = self._kept.setdefault(name, {})
+        told = {t: kept.get(t, c) if c.reason == AWAITING else c for t, c in before.items()}
+        kept.update({c.type: c for c in new if c.reason != AWAITING})
+        return told
 
     def forget(self, name: str) -> None:
         self._kept.pop(name, None)

@@ -27,6 +27,8 @@ def event_for_transition(before: dict[str, Condition], available: Condition, deg
         prior_a = prior_d = None  # no verdict before it: this is the first
     available_moved = prior_a is None or (prior_a.status, prior_a.reason) != (available.status, available.reason)
     degraded_moved = prior_d is None or prior_d.status != degraded.status
+    if degraded.reason == AWAITING and not available_moved:
+        return None  # kube-apiserver's cache catching up on some instances: what follows says what happened
     if not (available_moved or degraded_moved):
         if available.status is Status.TRUE:
             return None
