@@ -80,6 +80,10 @@ def healthy(plan: ProbePlan) -> list[ProbeResult]:
     return [ProbeResult(t, True, 0.01) for t in plan.targets]
 
 
+async def healthy_async(plan: ProbePlan) -> list[ProbeResult]:
+    return healthy(plan)
+
+
 async def run_for(controller: Controller, seconds: float) -> None:
     task = asyncio.create_task(controller.run())
     await asyncio.sleep(seconds)
@@ -708,6 +712,35 @@ async def test_each_step_of_kube_apiservers_catching_up_is_looked_at_again_from_
     assert controller.retry.delay(name, 10.0) == pytest.approx(0.1)  # a new step: from the base again
     await controller.check(name)
     assert controller.retry.delay(name, 10.0) == pytest.approx(0.2)  # the same step: it backs off
+
+
+async def test_a_relayed_500_beside_a_passing_endpoint_reads_the_clients_view_like_any_pass() -> None:
+    """The moment a server begins to fail: our probe of its endpoint passed, kube-apiserver's request
+    met the 500. Available stays True/Passed (the path works; that endpoint fails), and its message
+    must be the one a plain pass writes: it lacked the clients' view, one more status write per flip
+    (make bench, N = 1,000: 1.010 writes per transition)."""
+    world = World()
+    name = world.add("flipping.example.com")
+    asked: list[int] = []
+
+    async def through_kube_apiserver(plan: ProbePlan) -> list[ProbeResult]:
+        return [ProbeResult(t, False, 0.0, ErrorKind.HTTP_STATUS, "HTTP 500", status_code=500, body="boom")
+                for t in plan.targets]
+
+    class CurrentClients:
+        async def view(self, instances: Sequence[Any], server_name: str, plan: ProbePlan,
+                       own_resources: Sequence[str], everything: bool = False, ask: bool = True) -> ClientView:
+            asked.append(len(instances))
+            return ClientView(tuple(InstanceView(i, Freshness.CURRENT) for i in instances))
+
+    checker = PathChecker("kubeconfig", ClusterAccess("https://10.96.0.1:443", None, False), world,
+                          through_kube_apiserver, None, lambda: asyncio.get_running_loop().time())
+    recorder = Recorder(world)
+    controller = Controller(Settings(), world, healthy_async, recorder.write, path=checker, clients=CurrentClients())
+    await controller.check(name)
+    available = next(c for c in recorder.writes[-1][1] if c.type.endswith("/Available"))
+    assert (str(available.status), available.reason) == ("True", "Passed")
+    assert asked and "aggregated discovery Current in 1/1 instances" in available.message
 
 
 async def test_a_sibling_whose_check_was_running_when_its_shared_server_went_silent_looks_again() -> None:

@@ -41,7 +41,7 @@ from apiservice_operator.core.model import (
     Target,
     Verdict,
 )
-from apiservice_operator.core.path import PathEvidence, PathOutcome, PathResult
+from apiservice_operator.core.path import PathEvidence, PathResult, reaching
 from apiservice_operator.core.resolve import resolve
 from apiservice_operator.core.settings import Settings
 from apiservice_operator.probing.pathcheck import PathChecker
@@ -178,12 +178,16 @@ class Pipeline:
                 if self.path is not None and evidence.via_path:
                     evidence.path = await self.path.evidence(apiservice, plan, evidence.through)
                     # what clients read matters only where an endpoint answers and a request through
-                    # kube-apiserver passes: elsewhere that hop names the verdict, and reading more through
-                    # a hung server (its OpenAPI document) would only hold the verdict back
-                    # (an endpoint that refuses our anonymous probe, where no token may go, answers too)
+                    # kube-apiserver reaches the server, as the verdict counts it (core/path.reaching: a
+                    # relayed 500 beside an endpoint that passes is Available too, and a verdict without
+                    # the clients' view was one more write at the moment a server began to fail):
+                    # elsewhere that hop names the verdict, and reading more through a hung server (its
+                    # OpenAPI document) would only hold the verdict back (an endpoint that refuses our
+                    # anonymous probe, where no token may go, answers too)
+                    reached = reaching(any(p.ok for p in evidence.probes))
                     reachable = any(p.ok or (plan.insecure_skip_tls_verify and p.error is ErrorKind.UNAUTHORIZED)
                                     for p in evidence.probes) and any(
-                        r.outcome is PathOutcome.PASSED for r in evidence.path.results)
+                        r.outcome in reached for r in evidence.path.results)
                     if self.clients is not None and (reachable or traced):
                         instances, server_name, _ = self.path.targets()
                         own = sorted({r for p in evidence.probes if p.ok for r in p.resources})

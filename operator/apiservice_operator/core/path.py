@@ -128,6 +128,16 @@ class PathOutcome(enum.StrEnum):
     NO_ROUTE = "no_route"  # the operator could not reach this instance: no evidence about the API
 
 
+def reaching(direct_passed: bool) -> tuple[PathOutcome, ...]:
+    """The outcomes that show a request through kube-apiserver reaching the server. kube-apiserver
+    forwards each request to one endpoint of its choosing: where an endpoint passes, an error status
+    or a wrong document relayed from the server shows the path working and that endpoint failing
+    (the endpoints' own answers say which)."""
+    if direct_passed:
+        return (PathOutcome.PASSED, PathOutcome.SERVER_ERROR, PathOutcome.INVALID)
+    return (PathOutcome.PASSED,)
+
+
 @dataclass(frozen=True)
 class PathResult:
     instance: Target

@@ -17,7 +17,7 @@ from apiservice_operator.core.model import (
     Status,
     Verdict,
 )
-from apiservice_operator.core.path import PathEvidence, PathOutcome, PathProbeMode, PathResult
+from apiservice_operator.core.path import PathEvidence, PathOutcome, PathProbeMode, PathResult, reaching
 
 
 def list_path(results: Sequence[PathResult]) -> str:
@@ -55,11 +55,8 @@ def conclude_path(plan: ProbePlan, probes: Sequence[ProbeResult], budget: float,
     direct_passed = [p for p in probes if p.ok]
     direct_failed = [p for p in probes if not p.ok]
     direct_refused = [p for p in direct_failed if p.error is ErrorKind.UNAUTHORIZED]
-    # kube-apiserver forwards each request to one endpoint of its choosing: an error status or a
-    # wrong document relayed from a server means the path works and that endpoint fails, which the
-    # endpoints' own answers show (or a verdict that flips with kube-apiserver's pick of endpoint)
-    reached = ((PathOutcome.PASSED, PathOutcome.SERVER_ERROR, PathOutcome.INVALID) if direct_passed
-               else (PathOutcome.PASSED,))
+    # (else a verdict that flips with kube-apiserver's pick of endpoint)
+    reached = reaching(bool(direct_passed))
     passed = [r for r in answering if r.outcome in reached]
     failed = [r for r in answering if r.outcome not in (*reached, PathOutcome.GATED)]
     instances = len(answering)
