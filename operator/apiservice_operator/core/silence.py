@@ -18,13 +18,6 @@ from dataclasses import dataclass
 from apiservice_operator.core.model import Target
 
 
-def _words(target: Target) -> str:
-    # the same words at every check: a count or a number of seconds in them changed the verdict's
-    # message at each check, a status write each time (make bench: kube-apiserver's own status
-    # writes on the object then conflicted with ours and never landed)
-    return f"timeout: {target.endpoint} has answered no request for a whole budget; asked one request at a time"
-
-
 @dataclass
 class _Seen:
     open: int = 0  # probes sent to it and not ended
@@ -36,14 +29,15 @@ class Silence:
     def __init__(self) -> None:
         self._seen: dict[Target, _Seen] = {}
 
-    def start(self, target: Target, now: float) -> str | None:
-        """None: send the probe (it is counted open). Otherwise why it is judged without sending:
-        the endpoint is silent and a probe already open to it will say when that ends."""
+    def start(self, target: Target, now: float) -> bool:
+        """False: send the probe (it is counted open). True: judge it without sending, a timeout:
+        the endpoint is silent and a probe already open to it will say when that ends. The prober
+        words that timeout as it words one waited out, so that the verdict's message stays put."""
         seen = self._seen.setdefault(target, _Seen())
         if seen.silent_since is not None and seen.open > 0:
-            return _words(target)
+            return True
         seen.open += 1
-        return None
+        return False
 
     def end(self, target: Target, started: float, now: float, answered: bool | None) -> None:
         """A probe sent at `started` ended: with some answer (True), with none within its budget
@@ -60,14 +54,12 @@ class Silence:
         if seen.open == 0 and seen.silent_since is None:
             del self._seen[target]  # only silent endpoints and those with open probes are kept
 
-    def asked_behind(self, target: Target, now: float) -> str | None:
+    def asked_behind(self, target: Target, now: float) -> bool:
         """After start() said send: where the endpoint is silent (no probe was open to it), that probe
-        keeps asking for all of them, and the check that sent it is judged now, as the others are,
-        rather than wait out its budget (a mass hang's last flip waited 5 s for it). None: wait."""
+        keeps asking for all of them, and the check that sent it is judged now (True), as the others
+        are, rather than wait out its budget (a mass hang's last flip waited 5 s for it)."""
         seen = self._seen.get(target)
-        if seen is None or seen.silent_since is None:
-            return None
-        return _words(target)
+        return seen is not None and seen.silent_since is not None
 
     def silent(self, target: Target) -> bool:
         seen = self._seen.get(target)

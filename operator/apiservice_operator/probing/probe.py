@@ -186,10 +186,9 @@ class Prober:
                 started = now()
                 # judged without waiting, in the words of a timeout waited for: a verdict whose message
                 # changed from one check to the next would be a status write at each (silence.py)
-                judged = self.silence.start(target, started)
-                if judged is not None:
+                if self.silence.start(target, started):
                     return ProbeResult(target, False, 0.0, ErrorKind.TIMEOUT, self._timed_out())
-                if self.silence.asked_behind(target, started) is not None:
+                if self.silence.asked_behind(target, started):
                     self._keep_asking(client, plan, target, started)
                     return ProbeResult(target, False, 0.0, ErrorKind.TIMEOUT, self._timed_out())
                 answered: bool | None = None
