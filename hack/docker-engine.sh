@@ -38,7 +38,10 @@ runtime_args=()
 bnd=$(awk '/^CapBnd/ {print $2}' /proc/self/status)
 if (( (16#$bnd >> 24 & 1) == 0 )); then
   log "this host's capability bounding set lacks CAP_SYS_RESOURCE: using hack/runc-capfix as the runtime"
-  runtime_args=(--add-runtime "capfix=$REPO/hack/runc-capfix" --default-runtime capfix)
+  # a copy beside the engine's state: the engine outlives the checkout that started it (a worktree
+  # removed later left every container failing with "fork/exec .../hack/runc-capfix: no such file")
+  install -m 0755 "$REPO/hack/runc-capfix" "$STATE/runc-capfix"
+  runtime_args=(--add-runtime "capfix=$STATE/runc-capfix" --default-runtime capfix)
 fi
 log "starting dockerd (log: $STATE/dockerd.log)"
 setsid dockerd --pidfile "$STATE/dockerd.pid" "${runtime_args[@]}" >"$STATE/dockerd.log" 2>&1 < /dev/null &
