@@ -42,7 +42,7 @@ def test_silent_endpoint_with_no_probe_open_is_asked_again() -> None:
     silence = silent_since(0)
     silence.end(HUNG, 1, 6, answered=False)  # nothing open now
     assert silence.start(HUNG, 7) is False  # this one goes out and will say when the silence ends
-    assert silence.asked_behind(HUNG, 7) is True  # its check is judged now
+    assert silence.silent(HUNG) is True  # its check is judged now
     assert silence.start(HUNG, 7.05) is True
     assert silence.start(HUNG, 7.1) is True
 
@@ -50,7 +50,7 @@ def test_silent_endpoint_with_no_probe_open_is_asked_again() -> None:
 def test_an_endpoint_that_is_not_silent_is_waited_for() -> None:
     silence = Silence()
     assert silence.start(HUNG, 0) is False
-    assert silence.asked_behind(HUNG, 0) is False
+    assert silence.silent(HUNG) is False
 
 
 def test_a_timeout_after_another_request_was_answered_is_not_silence() -> None:

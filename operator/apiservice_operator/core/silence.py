@@ -54,13 +54,9 @@ class Silence:
         if seen.open == 0 and seen.silent_since is None:
             del self._seen[target]  # only silent endpoints and those with open probes are kept
 
-    def asked_behind(self, target: Target, now: float) -> bool:
-        """After start() said send: where the endpoint is silent (no probe was open to it), that probe
-        keeps asking for all of them, and the check that sent it is judged now (True), as the others
-        are, rather than wait out its budget (a mass hang's last flip waited 5 s for it)."""
-        seen = self._seen.get(target)
-        return seen is not None and seen.silent_since is not None
-
     def silent(self, target: Target) -> bool:
+        """Whether it has answered nothing for a whole budget. Asked after start() said send, too:
+        that probe then keeps asking for every check behind it, and the check that sent it is judged
+        now, as the others are, rather than wait out its budget (a mass hang's last flip waited 5 s)."""
         seen = self._seen.get(target)
         return seen is not None and seen.silent_since is not None

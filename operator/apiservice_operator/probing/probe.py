@@ -182,26 +182,30 @@ class Prober:
         slot.users += 1
         try:
             async with slot.slots:
-                now = asyncio.get_running_loop().time
-                started = now()
+                started = asyncio.get_running_loop().time()
                 # judged without waiting, in the words of a timeout waited for: a verdict whose message
                 # changed from one check to the next would be a status write at each (silence.py)
                 if self.silence.start(target, started):
                     return ProbeResult(target, False, 0.0, ErrorKind.TIMEOUT, self._timed_out())
-                if self.silence.asked_behind(target, started):
+                if self.silence.silent(target):
                     self._keep_asking(client, plan, target, started)
                     return ProbeResult(target, False, 0.0, ErrorKind.TIMEOUT, self._timed_out())
-                answered: bool | None = None
-                try:
-                    result = await self._probe_one(client, plan, target)
-                    answered = result.error is not ErrorKind.TIMEOUT
-                    return result
-                finally:
-                    self.silence.end(target, started, now(), answered)
+                return await self._asked(client, plan, target, started)
         finally:
             slot.users -= 1
             if not slot.users:
                 del self._lanes[target]
+
+    async def _asked(self, client: httpx.AsyncClient, plan: ProbePlan, target: Target, started: float) -> ProbeResult:
+        """One probe sent, and the silence told how it ended: answered (anything but a timeout), not
+        within its budget, or abandoned (cancelled)."""
+        answered: bool | None = None
+        try:
+            result = await self._probe_one(client, plan, target)
+            answered = result.error is not ErrorKind.TIMEOUT
+            return result
+        finally:
+            self.silence.end(target, started, asyncio.get_running_loop().time(), answered)
 
     def _timed_out(self) -> str:
         return f"timeout: no complete answer within {self.budget:g}s"
@@ -210,13 +214,8 @@ class Prober:
         """The probe that asks a silent endpoint for every check behind it, not waited for: its first
         answer of any kind ends the silence, and on_answer has the APIServices behind it looked at."""
         async def ask() -> None:
-            answered: bool | None = None
-            try:
-                result = await self._probe_one(client, plan, target)
-                answered = result.error is not ErrorKind.TIMEOUT
-            finally:
-                self.silence.end(target, started, asyncio.get_running_loop().time(), answered)
-            if answered and self.on_answer is not None:
+            result = await self._asked(client, plan, target, started)
+            if result.error is not ErrorKind.TIMEOUT and self.on_answer is not None:
                 self.on_answer(target)
 
         task = asyncio.get_running_loop().create_task(ask(), name=f"asking:{target.endpoint}")

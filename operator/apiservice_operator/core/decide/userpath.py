@@ -55,7 +55,8 @@ def conclude_path(plan: ProbePlan, probes: Sequence[ProbeResult], budget: float,
     direct_passed = [p for p in probes if p.ok]
     direct_failed = [p for p in probes if not p.ok]
     direct_refused = [p for p in direct_failed if p.error is ErrorKind.UNAUTHORIZED]
-    # (else a verdict that flips with kube-apiserver's pick of endpoint)
+    # an error relayed beside an endpoint that passes is that endpoint failing, not the path (else a
+    # verdict that flips with kube-apiserver's pick of endpoint)
     reached = reaching(bool(direct_passed))
     passed = [r for r in answering if r.outcome in reached]
     failed = [r for r in answering if r.outcome not in (*reached, PathOutcome.GATED)]
