@@ -247,5 +247,25 @@ async def test_recall_reads_fresh_answers_as_settle_would_and_keeps_nothing() ->
                               "service unavailable")]
     gated = await path.ask(PLAN)
     assert {r.outcome for r in gated} == {PathOutcome.GATED}
-    assert {(r.outcome, r.remembered) for r in path.recall("demo", gated)} == {(PathOutcome.UNREACHABLE, True)}
+    assert {(r.outcome, r.remembered) for r in path.recall("demo", gated, back)} == {(PathOutcome.UNREACHABLE, True)}
     assert path._memory == kept
+
+
+async def test_recall_forgets_what_the_instances_met_while_the_server_was_down_as_settle_does() -> None:
+    """explain right after a repair: what the instances met during the outage is not the path."""
+    answers: list[ProbeResult] = []
+
+    async def probe(plan: ProbePlan) -> list[ProbeResult]:
+        return [dataclasses.replace(answers[0], target=t) for t in plan.targets]
+
+    path = PathChecker("instances", ACCESS, Slices(), probe, None, Clock())
+    down, back = [ProbeResult(EP, False, 0.01, ErrorKind.REFUSED, "connection refused")], [ProbeResult(EP, True, 0.01)]
+    answers[:] = [ProbeResult(Target("x", 1), False, 0.01, ErrorKind.HTTP_STATUS, "bad status: 503", 503,
+                              "Error trying to reach service: dial tcp 10.0.0.1:8443: connect: connection refused")]
+    fresh, _ = await path.check("demo", PLAN, None, interval=0.0)
+    path.settle("demo", fresh, down)
+    answers[:] = [ProbeResult(Target("x", 1), False, 0.01, ErrorKind.HTTP_STATUS, "bad status: 503", 503,
+                              "service unavailable")]
+    gated = await path.ask(PLAN)
+    assert {(r.outcome, r.remembered) for r in path.recall("demo", gated, down)} == {(PathOutcome.UNREACHABLE, True)}
+    assert {(r.outcome, r.remembered) for r in path.recall("demo", gated, back)} == {(PathOutcome.GATED, False)}

@@ -301,7 +301,7 @@ class Pipeline:
             return await self.path.ask(plan) if self.path is not None else []
 
         measured, handshakes, asked = await asyncio.gather(probe(plan), look(), ask())
-        through = self.path.recall(name, asked) if self.path is not None else ()
+        through = self.path.recall(name, asked, measured) if self.path is not None else ()
         return Evidence(measured, list(measured), tuple(asked), through, None, tuple(handshakes),
                         via_path=self.path is not None)
 

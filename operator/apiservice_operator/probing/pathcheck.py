@@ -178,19 +178,23 @@ class PathChecker:
         When the endpoints have just come back, what the instances met while the server was down is
         about that outage, not the path: it is forgotten (else a recovery reads as ControlPlaneUnreachable)."""
         now = self.clock()
-        recent = self._recent.get(name)
-        if any(p.ok for p in direct) and recent is not None and not any(ok for _, ok in recent.direct):
-            self._memory.pop(name, None)
-        merged, self._memory[name] = remember(self._memory.get(name, PathMemory()), fresh, now)
+        merged, self._memory[name] = remember(self._kept(name, direct), fresh, now)
         self._recent[name] = _Recent(merged, now, _signature(direct), self.route(),
                                      any(r.outcome is PathOutcome.GATED for r in fresh))
         return merged
 
-    def recall(self, name: str, fresh: Sequence[PathResult]) -> tuple[PathResult, ...]:
+    def recall(self, name: str, fresh: Sequence[PathResult], direct: Sequence[ProbeResult]) -> tuple[PathResult, ...]:
         """Fresh answers read as settle() would read them, nothing kept: explain says what the
         controller's next check would decide, remembered answers and held gates included."""
-        merged, _ = remember(self._memory.get(name, PathMemory()), fresh, self.clock())
+        merged, _ = remember(self._kept(name, direct), fresh, self.clock())
         return merged
+
+    def _kept(self, name: str, direct: Sequence[ProbeResult]) -> PathMemory:
+        """The memory fresh answers are read against: none when the endpoints have just come back."""
+        recent = self._recent.get(name)
+        if any(p.ok for p in direct) and recent is not None and not any(ok for _, ok in recent.direct):
+            return PathMemory()
+        return self._memory.get(name, PathMemory())
 
     async def ask(self, plan: ProbePlan) -> list[PathResult]:
         """Each instance's answer now, read for who answered; nothing kept (explain uses it too)."""
