@@ -49,7 +49,8 @@ async def test_writes_apply_our_condition_and_reuse_connections(
         opened = credentials.http_pool.opened
     finally:
         await credentials.close()
-    assert burst == one_by_one == [True] * len(apiservices)
+    # each write answers the resourceVersion it made (the controller's memory waits for it on the watch)
+    assert all(rv and rv.isdigit() for rv in [*burst, *one_by_one]), (burst, one_by_one)
     assert 1 <= after_burst <= len(apiservices)
     assert opened == after_burst  # the writes one at a time found a kept connection every time
     for name in apiservices:
@@ -59,11 +60,11 @@ async def test_writes_apply_our_condition_and_reuse_connections(
         assert {OURS, "Available"} <= conditions
 
 
-async def test_write_to_a_deleted_apiservice_returns_false(operator_kubeconfig: Path) -> None:
+async def test_write_to_a_deleted_apiservice_returns_none(operator_kubeconfig: Path) -> None:
     credentials = Credentials(str(operator_kubeconfig))
     await credentials.load()
     try:
-        assert await write_conditions(credentials, "v1.gone.example.com", [passed("gone")]) is False
+        assert await write_conditions(credentials, "v1.gone.example.com", [passed("gone")]) is None
     finally:
         await credentials.close()
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from apiservice_operator.check.cadence import Cadence
-from apiservice_operator.check.memory import BeforeWaiting, Sweep, Written
+from apiservice_operator.check.memory import WATCH_LAG, BeforeWaiting, Sweep, Written
 from apiservice_operator.check.pacing import Pacing
 from apiservice_operator.check.sharing import EndpointSharing
 from apiservice_operator.check.writegate import WriteGate
@@ -211,14 +211,29 @@ def obj(rv: str) -> dict[str, object]:
     return {"metadata": {"resourceVersion": rv}}
 
 
-def test_what_we_wrote_counts_until_the_watch_brings_a_newer_object() -> None:
-    written = Written()
-    written.remember("a", conditions("Passed"), obj("7"))
-    assert written.previous("a", obj("7")) == conditions("Passed")
-    assert written.previous("a", obj("8")) is None
-    assert written.previous("b", obj("7")) is None
+def test_what_we_wrote_counts_until_the_watch_brings_that_write_back() -> None:
+    now = [0.0]
+    written = Written(clock=lambda: now[0])
+    written.remember("a", conditions("Passed"), "9")  # our write made resourceVersion 9
+    assert written.previous("a", obj("7")) == conditions("Passed")  # the index: what we read
+    # kube-apiserver's own status update landed just before ours and reached the index first
+    assert written.previous("a", obj("8")) == conditions("Passed")
+    assert written.previous("b", obj("8")) is None
+    written.arrived("a", "8")
+    assert written.previous("a", obj("8")) == conditions("Passed")
+    written.arrived("a", "9")  # ours: the index holds it (or newer) from now on
+    assert written.previous("a", obj("10")) is None
+
+    written.remember("a", conditions("Passed"), "11")
+    assert written.previous("a", obj("11")) is None  # the index shows our write itself
+    written.remember("a", conditions("Passed"), "12")
     written.forget("a")
-    assert written.previous("a", obj("7")) is None
+    assert written.previous("a", obj("10")) is None
+    written.remember("a", conditions("Passed"), "")  # an answer without a resourceVersion: cannot tell
+    assert written.previous("a", obj("10")) is None
+    written.remember("a", conditions("Passed"), "13")
+    now[0] += WATCH_LAG + 1  # the watch never brought it (a relist skips versions): the index stands
+    assert written.previous("a", obj("10")) is None
 
 
 def _verdict(status: Status, reason: str, degraded: Status = Status.FALSE) -> list[Condition]:

@@ -41,9 +41,9 @@ async def both(world: World, name: str, probe: Any, path: PathChecker | None) ->
     """(what the controller writes, what explain shows) for one check of `name`."""
     written: list[Sequence[Condition]] = []
 
-    async def write(_: str, conditions: Sequence[Condition]) -> bool:
+    async def write(_: str, conditions: Sequence[Condition]) -> str:
         written.append(conditions)
-        return True
+        return "2"
 
     settings = Settings()
     controller = Controller(settings, world, probe, write, now=lambda: table.NOW, path=path)

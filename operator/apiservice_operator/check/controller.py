@@ -44,7 +44,8 @@ from apiservice_operator.probing.pathcheck import PathChecker
 
 log = logging.getLogger("apiservice_operator")
 
-Writer = Callable[[str, Sequence[Condition]], Awaitable[bool]]
+# the resourceVersion the write made ("" when unknown), None when the APIService is gone
+Writer = Callable[[str, Sequence[Condition]], Awaitable[str | None]]
 UNLISTED_RETRY = 0.2  # seconds: a Service's watches list in a round trip or two
 
 EventSink = Callable[[str, str | None, EventSpec], Awaitable[None]]
@@ -139,6 +140,10 @@ class Controller:
     def changed_now(self, names: Iterable[str]) -> None:
         for name in names:
             self.queue.schedule(name, self.settings.debounce, urgent=True)
+
+    def arrived(self, name: str, resource_version: str) -> None:
+        """The watch brought this version of the APIService into the index."""
+        self.written.arrived(name, resource_version)
 
     def forget(self, name: str) -> None:
         self.queue.forget(name)
@@ -281,7 +286,7 @@ class Controller:
         before = {c.type: c for c in previous}
         async with self._write_slots:
             try:
-                exists = await self.gate.send(lambda: self.write(name, new))
+                made = await self.gate.send(lambda: self.write(name, new))
             except WriteDeferred:
                 raise
             except WriteForbidden as exc:
@@ -296,12 +301,12 @@ class Controller:
                 log.warning("status write failed name=%s error=%s", name, exc)
                 raise
         self.problems.pop("write", None)
-        if not exists:
+        if made is None:
             self.forget(name)
             return
         self.stats.writes += 1
         self.metrics.status_writes.inc()
-        self.written.remember(name, new, outcome.apiservice)
+        self.written.remember(name, new, made)
         for cond in new:
             prior = before.get(cond.type)
             if prior is None or prior.status != cond.status or prior.reason != cond.reason:

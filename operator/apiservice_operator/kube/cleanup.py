@@ -21,7 +21,7 @@ async def cleanup(settings: Settings) -> int:
         for item in listing.get("items", []):
             ours = [c for c in (item.get("status") or {}).get("conditions") or []
                     if c.get("type") in settings.types.all]
-            if ours and await write_conditions(credentials, item["metadata"]["name"], []):
+            if ours and await write_conditions(credentials, item["metadata"]["name"], []) is not None:
                 removed += 1
         return removed
     finally:

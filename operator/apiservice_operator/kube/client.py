@@ -149,9 +149,10 @@ def status_body(name: str, conditions: Sequence[Condition]) -> dict[str, Any]:
 
 
 async def write_conditions(credentials: Credentials, name: str, conditions: Sequence[Condition],
-                           within: float = WRITE_TIMEOUT) -> bool:
+                           within: float = WRITE_TIMEOUT) -> str | None:
     """Server-side apply on apiservices/<name>/status, all within `within` seconds (httpx's own
-    timeouts are per phase). False when the APIService is gone."""
+    timeouts are per phase): the resourceVersion of the object written ("" if the answer had none),
+    None when the APIService is gone."""
     if credentials.http is None or credentials.configuration is None:
         raise RuntimeError("not logged in")
     headers = {"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"}
@@ -166,14 +167,22 @@ async def write_conditions(credentials: Credentials, name: str, conditions: Sequ
             content=json.dumps(status_body(name, conditions)).encode(), headers=headers,
             extensions={"sni_hostname": server_name} if server_name else None)
     if response.status_code == 404:
-        return False
+        return None
     if response.status_code == 403:
         raise WriteForbidden(
             f"forbidden: cannot patch apiservices/status ({name}): the operator's RBAC needs "
             f"verb=patch on resource=apiservices/status in {GROUP}")
     if not response.is_success:
         raise WriteFailed(f"HTTP {response.status_code}: {_status_message(response)}", _retry_after(response))
-    return True
+    return _resource_version(response)
+
+
+def _resource_version(response: httpx.Response) -> str:
+    try:
+        meta = response.json().get("metadata") or {}
+    except (ValueError, AttributeError):
+        return ""
+    return str(meta.get("resourceVersion") or "")
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -152,6 +152,7 @@ def build_registry(settings: Settings, controller_box: dict[str, Controller], cr
         controller = controller_box.get("controller")
         if controller is None:
             return
+        controller.arrived(name, str((body.get("metadata") or {}).get("resourceVersion") or ""))
         referenced = inputs.referenced
         if referenced is not None:
             referenced.follow(inputs.referenced_services())

@@ -148,7 +148,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                                 ask=functools.partial(ask_server, prober))
                if checker is not None else None)
 
-    async def write(name: str, conditions: Sequence[Condition]) -> bool:
+    async def write(name: str, conditions: Sequence[Condition]) -> str | None:
         return await write_conditions(credentials, name, conditions, within=within)
 
     controller = Controller(settings=settings, inputs=inputs, probe=prober.probe_discovery, write=write,
