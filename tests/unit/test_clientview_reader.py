@@ -30,7 +30,8 @@ def plan(group_version: str) -> ProbePlan:
 async def test_each_instance_is_read_once_for_every_check_within_max_age(tls_server: TLSFactory) -> None:  # noqa: F811
     server = tls_server(Answer(body=DOCUMENT, headers=(("Content-Type", V2),)))
     instance = Target("127.0.0.1", server.port)
-    clients = reader()
+    opened: list[int] = []
+    clients = ClientViewReader(CA.cert_pem, lambda: "probe-token", 2.0, on_connection=lambda: opened.append(1))
     try:
         views = await asyncio.gather(*(clients.view([instance], SERVICE_NAME, plan("demo.example.com/v1"), ["widgets"])
                                        for _ in range(10)))
@@ -41,6 +42,7 @@ async def test_each_instance_is_read_once_for_every_check_within_max_age(tls_ser
     assert stale.instances[0].freshness is Freshness.STALE
     # /apis and /openapi/v3 once each (this server answers both with the same document: no OpenAPI in it)
     assert clients.reads == 2 and sorted(server.record.paths) == ["/apis", "/openapi/v3"]
+    assert len(opened) == server.record.connections  # counted with the prober's (probe_connections_opened_total)
     assert {v.instances[0].openapi for v in views} == {OpenAPI.MISSING}
     sent = server.record.requests[server.record.paths.index("/apis")]
     assert sent["authorization"] == "Bearer probe-token" and "as=APIGroupDiscoveryList" in sent["accept"]
@@ -82,3 +84,36 @@ async def test_a_group_not_current_in_a_read_over_a_tenth_of_a_second_old_is_rea
     assert first.instances[0].freshness is Freshness.STALE and soon.instances[0].freshness is Freshness.STALE
     assert later.instances[0].freshness is Freshness.CURRENT
     assert server.record.paths.count("/apis") == 2
+
+
+async def test_documents_that_hang_do_not_hold_up_another_servers_document(tls_server: TLSFactory) -> None:  # noqa: F811
+    """Every aggregated server's documents are read through the same instance: a server whose documents
+    hang must not hold a healthy server's read behind them until the budget runs out (bounding the reads
+    in flight per instance did, and made a start beside 1,000 APIServices seconds slower, make bench)."""
+    hung = [f"hung{i}.example.com/v1" for i in range(20)]
+    versions = [*hung, "ok.example.com/v1"]
+    root = json.dumps({"kind": "APIGroupDiscoveryList", "items": [],
+                       "paths": {f"apis/{v}": {"serverRelativeURL": f"/openapi/v3/apis/{v}?hash=H"} for v in versions}})
+    server = tls_server(Answer(body=root.encode(), headers=(("Content-Type", V2),),
+                               silent_under="/openapi/v3/apis/hung"))
+    instance = Target("127.0.0.1", server.port)
+    clients = ClientViewReader(CA.cert_pem, lambda: "probe-token", 3.0)
+    try:
+        await clients.view([instance], SERVICE_NAME, plan("ok.example.com/v1"), [])  # the roots, read once
+        waiting = [asyncio.create_task(clients.view([instance], SERVICE_NAME, plan(v), [])) for v in hung]
+        for _ in range(500):  # until 16 hung documents are being read
+            if sum(p.startswith("/openapi/v3/apis/hung") for p in server.record.paths) >= 16:
+                break
+            await asyncio.sleep(0.01)
+        clients._documents.clear()  # the healthy document is read again, now
+        asked = asyncio.get_running_loop().time()
+        healthy = await clients.view([instance], SERVICE_NAME, plan("ok.example.com/v1"), [])
+        # behind the hung reads it would wait until their budget ran out (3 s)
+        answered_while_they_hang = asyncio.get_running_loop().time() - asked < clients.budget - 1.0
+        stuck = await asyncio.gather(*waiting)
+    finally:
+        await clients.aclose()
+    assert healthy.instances[0].openapi is OpenAPI.LISTED, healthy
+    assert answered_while_they_hang
+    assert {v.instances[0].openapi for v in stuck} == {OpenAPI.FAILING}
+    assert all("did not answer whole within 3s" in v.instances[0].openapi_detail for v in stuck)

@@ -29,6 +29,7 @@ class Answer:
     endless: bool = False  # with drip: never finish the body (Content-Length says more than ever comes)
     silent: bool = False  # complete TLS, read the request, never answer
     tls: bool = True  # False: accept the TCP connection and never even answer the ClientHello
+    silent_under: str | None = None  # requests for paths that start with this are read and never answered
 
 
 @dataclass
@@ -136,10 +137,12 @@ class TLSServer:
             for line in header_lines:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
+            path = request_line.split(" ")[1]
             with self._lock:
                 self.record.requests.append(headers)
-                self.record.paths.append(request_line.split(" ")[1])
-            if self.answer.silent:
+                self.record.paths.append(path)
+            silent_under = self.answer.silent_under
+            if self.answer.silent or (silent_under is not None and path.startswith(silent_under)):
                 self._stop.wait()
                 return
             self._respond(tls)

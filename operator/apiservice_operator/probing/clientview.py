@@ -83,13 +83,14 @@ class _Read:
 class ClientViewReader:
     def __init__(self, ca: bytes | None, token: Callable[[], str | None], budget: float,
                  max_age: float = MAX_AGE, clock: Callable[[], float] = time.monotonic,
-                 ask: AskFn | None = None) -> None:
+                 ask: AskFn | None = None, on_connection: Callable[[], None] | None = None) -> None:
         self.ca = ca
         self.token = token
         self.budget = budget
         self.max_age = max_age
         self.clock = clock
         self.ask = ask
+        self.on_connection = on_connection
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._last: dict[tuple[Target, str], _Read] = {}
         self._shared: dict[tuple[Target, str], SharedRead[_Read]] = {}
@@ -241,7 +242,7 @@ class ClientViewReader:
         if client is None:
             plan = ProbePlan(targets=(), path="/apis", group_version="", server_name=server_name,
                              ca_bundle=self.ca, insecure_skip_tls_verify=False)
-            transport, _ = pool.transport(ssl_context_for(plan), keep=2)
+            transport, _ = pool.transport(ssl_context_for(plan), keep=2, on_open=self.on_connection)
             client = self._clients[server_name] = httpx.AsyncClient(
                 transport=transport, follow_redirects=False, trust_env=False, timeout=httpx.Timeout(self.budget))
         return client

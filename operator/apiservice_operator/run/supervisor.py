@@ -145,7 +145,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     checker = path_checker(settings, credentials, inputs, prober, prober_id)
     # the clients' view: each instance's aggregated discovery, read as the probe identity
     clients = (ClientViewReader(checker.access.ca, token, settings.probe_timeout,
-                                ask=functools.partial(ask_server, prober))
+                                ask=functools.partial(ask_server, prober),
+                                on_connection=metrics.probe_connections.inc)
                if checker is not None else None)
 
     async def write(name: str, conditions: Sequence[Condition]) -> str | None:
