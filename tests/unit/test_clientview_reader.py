@@ -91,7 +91,7 @@ async def test_documents_that_hang_do_not_hold_up_another_servers_document(tls_s
     hang must not hold a healthy server's read behind them until the budget runs out (bounding the reads
     in flight per instance did, and made a start beside 1,000 APIServices seconds slower, make bench)."""
     hung = [f"hung{i}.example.com/v1" for i in range(20)]
-    versions = [*hung, "ok.example.com/v1"]
+    versions = [*hung, "warm.example.com/v1", "ok.example.com/v1"]
     root = json.dumps({"kind": "APIGroupDiscoveryList", "items": [],
                        "paths": {f"apis/{v}": {"serverRelativeURL": f"/openapi/v3/apis/{v}?hash=H"} for v in versions}})
     server = tls_server(Answer(body=root.encode(), headers=(("Content-Type", V2),),
@@ -99,13 +99,12 @@ async def test_documents_that_hang_do_not_hold_up_another_servers_document(tls_s
     instance = Target("127.0.0.1", server.port)
     clients = ClientViewReader(CA.cert_pem, lambda: "probe-token", 3.0)
     try:
-        await clients.view([instance], SERVICE_NAME, plan("ok.example.com/v1"), [])  # the roots, read once
+        await clients.view([instance], SERVICE_NAME, plan("warm.example.com/v1"), [])  # the roots, read once
         waiting = [asyncio.create_task(clients.view([instance], SERVICE_NAME, plan(v), [])) for v in hung]
         for _ in range(500):  # until 16 hung documents are being read
             if sum(p.startswith("/openapi/v3/apis/hung") for p in server.record.paths) >= 16:
                 break
             await asyncio.sleep(0.01)
-        clients._documents.clear()  # the healthy document is read again, now
         asked = asyncio.get_running_loop().time()
         healthy = await clients.view([instance], SERVICE_NAME, plan("ok.example.com/v1"), [])
         # behind the hung reads it would wait until their budget ran out (3 s)
